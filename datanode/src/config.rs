@@ -1,0 +1,127 @@
+//! Data node options: command-line flags, each also readable from a
+//! `DATANODE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::store::StoreConfig;
+
+/// Default bound of accounted memory (keys + values + per-entry overhead).
+pub const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
+/// Longest key accepted, in bytes (memcached's limit).
+pub const DEFAULT_MAX_KEY_BYTES: usize = 250;
+/// Largest value accepted, in bytes.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Options of one data node.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "datanode",
+    version,
+    about = "ringcache data node: in-memory LRU/TTL store served over gRPC"
+)]
+pub struct NodeOptions {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "DATANODE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Node identity reported in stats and events (default: the listen address).
+    #[arg(long, env = "DATANODE_ID")]
+    pub id: Option<String>,
+
+    /// Bound of accounted memory, e.g. 64MiB or 1GB.
+    #[arg(long, env = "DATANODE_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub max_memory: u64,
+
+    /// Optional bound on the number of entries.
+    #[arg(long, env = "DATANODE_MAX_ITEMS")]
+    pub max_items: Option<u64>,
+
+    /// Number of independently locked shards of the store.
+    #[arg(long, env = "DATANODE_SHARDS", default_value_t = 64)]
+    pub shards: usize,
+
+    /// Longest key accepted, in bytes.
+    #[arg(long, env = "DATANODE_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
+    pub max_key_bytes: usize,
+
+    /// Largest value accepted, e.g. 1MiB.
+    #[arg(long, env = "DATANODE_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size_usize)]
+    pub max_value_bytes: usize,
+
+    /// Interval of status heartbeats on the Subscribe stream, e.g. 1s or 250ms.
+    #[arg(long, env = "DATANODE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Interval of the sweep that frees expired entries.
+    #[arg(long, env = "DATANODE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Events kept per subscriber before it is told it lagged.
+    #[arg(long, env = "DATANODE_EVENT_BUFFER", default_value_t = 65536)]
+    pub event_buffer: usize,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            id: None,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_items: None,
+            shards: 64,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            heartbeat_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(1),
+            event_buffer: 65536,
+        }
+    }
+}
+
+impl NodeOptions {
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            max_memory: self.max_memory,
+            max_items: self.max_items,
+            shards: self.shards,
+        }
+    }
+}
+
+/// Parses a human-readable size such as `64MiB`, `1GB` or `4096`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+fn parse_size_usize(s: &str) -> Result<usize, String> {
+    parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human_readable() {
+        assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_flags() {
+        let parsed = NodeOptions::try_parse_from(["datanode"]).unwrap();
+        let d = NodeOptions::default();
+        assert_eq!(parsed.max_memory, d.max_memory);
+        assert_eq!(parsed.max_value_bytes, d.max_value_bytes);
+        assert_eq!(parsed.heartbeat_interval, d.heartbeat_interval);
+        assert_eq!(parsed.listen, d.listen);
+    }
+}

@@ -1,0 +1,18 @@
+//! The one place where data node errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::node::NodeError;
+use crate::store::StoreError;
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            NodeError::EmptyKey | NodeError::KeyTooLong { .. } => Status::invalid_argument(msg),
+            NodeError::ValueTooLarge { .. } | NodeError::Store(StoreError::TooLarge { .. }) => {
+                Status::resource_exhausted(msg)
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! ringcache data node: an in-memory key-value store with byte-bounded LRU
+//! eviction and TTL, served over gRPC (`ringcache.v1.DataNode`), publishing
+//! status heartbeats and invalidation events to its subscribers.
+//!
+//! - [`store`]: the sharded LRU/TTL store.
+//! - [`events`]: the numbered event bus behind `Subscribe`.
+//! - [`node`]: request validation over the store.
+//! - [`service`]: the gRPC service; [`error`] maps errors to statuses.
+//! - [`server`]: [`serve`], the entry point tests and the binary call.
+
+pub mod config;
+mod convert;
+pub mod error;
+pub mod events;
+pub mod node;
+pub mod server;
+pub mod service;
+mod signal;
+pub mod store;
+
+pub use config::NodeOptions;
+pub use server::{serve, ServeError};
+pub use signal::shutdown_signal;

@@ -1,0 +1,102 @@
+//! Starting a data node: the gRPC server plus its heartbeat and expiry
+//! sweeper tasks, all stopped by one shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringcache_proto::pb::data_node_server::DataNodeServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::config::NodeOptions;
+use crate::node::Node;
+use crate::service::DataNodeService;
+
+/// Entries freed per shard lock hold by the expiry sweeper.
+const SWEEP_BUDGET: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read the listener's address: {0}")]
+    Addr(#[source] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves a data node on `listener` until `shutdown` completes, then stops
+/// accepting, ends subscriptions and waits for in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    opts: NodeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Addr)?;
+    let id = opts.id.clone().unwrap_or_else(|| addr.to_string());
+    let token = CancellationToken::new();
+    let node = Node::new(&opts, id, token.clone());
+    tracing::info!(
+        node = %node.id(),
+        instance = %node.instance_id(),
+        %addr,
+        max_memory = opts.max_memory,
+        "data node serving gRPC"
+    );
+    spawn_background(&node, &opts);
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("data node shutting down");
+            token.cancel();
+        }
+    };
+    let result = Server::builder()
+        // Detect dead peers on idle connections.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(DataNodeServer::new(DataNodeService::new(node.clone())))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await;
+    token.cancel();
+    result.map_err(ServeError::from)
+}
+
+fn spawn_background(node: &Arc<Node>, opts: &NodeOptions) {
+    let token = node.shutdown_token().clone();
+    let n = node.clone();
+    let every = opts.heartbeat_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => n.publish_status(),
+            }
+        }
+    });
+
+    let token = node.shutdown_token().clone();
+    let store = node.store().clone();
+    let every = opts.sweep_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    let purged = store.purge_expired(SWEEP_BUDGET);
+                    if purged > 0 {
+                        tracing::debug!(purged, "expired entries freed");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,178 @@
+//! The `ringcache.v1.DataNode` gRPC service: thin methods over [`Node`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use ringcache_proto::pb::{self, data_node_server::DataNode};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use crate::convert;
+use crate::node::Node;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// gRPC front of one data node.
+#[derive(Clone)]
+pub struct DataNodeService {
+    node: Arc<Node>,
+}
+
+impl DataNodeService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, Status> {
+    Ok(match node.get(&req.key)? {
+        Some(l) => pb::GetResponse {
+            found: true,
+            value: l.value,
+            ttl_remaining_ms: l.ttl_remaining.map_or(0, |d| d.as_millis().max(1) as u64),
+            seq: l.seq,
+        },
+        None => pb::GetResponse {
+            found: false,
+            seq: node.store().events().last_seq(),
+            ..Default::default()
+        },
+    })
+}
+
+fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, Status> {
+    let replaced = node.set(&req.key, &req.value, req.ttl_ms)?;
+    Ok(pb::SetResponse { replaced })
+}
+
+fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
+    let deleted = node.delete(&req.key)?;
+    Ok(pb::DeleteResponse { deleted })
+}
+
+/// Runs one operation of a batch; errors travel inside the result so that
+/// one bad request does not fail the others.
+fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
+    use pb::{op_result::Result as R, Op};
+    let Op { id, op } = op;
+    let result = match op {
+        Some(pb::op::Op::Get(r)) => get_response(node, &r).map(R::Get),
+        Some(pb::op::Op::Set(r)) => set_response(node, &r).map(R::Set),
+        Some(pb::op::Op::Delete(r)) => delete_response(node, &r).map(R::Delete),
+        None => Err(Status::invalid_argument("operation missing")),
+    };
+    let result = result.unwrap_or_else(|s| {
+        R::Error(pb::OpError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        })
+    });
+    pb::OpResult {
+        id,
+        result: Some(result),
+    }
+}
+
+#[tonic::async_trait]
+impl DataNode for DataNodeService {
+    #[instrument(level = "debug", skip_all, fields(key = %req.get_ref().key))]
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        get_response(&self.node, req.get_ref()).map(Response::new)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(key = %req.get_ref().key, len = req.get_ref().value.len()))]
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        set_response(&self.node, req.get_ref()).map(Response::new)
+    }
+
+    #[instrument(level = "debug", skip_all, fields(key = %req.get_ref().key))]
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        delete_response(&self.node, req.get_ref()).map(Response::new)
+    }
+
+    #[instrument(skip_all, fields(node = %self.node.id()))]
+    async fn flush(
+        &self,
+        _req: Request<pb::FlushRequest>,
+    ) -> Result<Response<pb::FlushResponse>, Status> {
+        let removed = self.node.store().flush();
+        tracing::info!(removed, "flushed");
+        Ok(Response::new(pb::FlushResponse { removed }))
+    }
+
+    async fn stats(
+        &self,
+        _req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let s = self.node.store().stats();
+        Ok(Response::new(convert::stats(&self.node, s)))
+    }
+
+    type SubscribeStream = BoxStream<pb::Event>;
+
+    #[instrument(skip_all, fields(node = %self.node.id()))]
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let node = self.node.clone();
+        let (start, rx) = node.store().events().subscribe();
+        tracing::info!(start, peer = ?req.remote_addr(), "subscriber joined");
+        // The first event is a status snapshot carrying the sequence number
+        // the subscription starts after, so the subscriber learns the
+        // instance id and can detect a gap from the very next event.
+        let first = pb::Event {
+            seq: start,
+            ..convert::event(
+                &node,
+                crate::events::NodeEvent {
+                    seq: start,
+                    kind: crate::events::EventKind::Status(node.store().stats()),
+                },
+            )
+        };
+        let rest = futures::stream::unfold(
+            (rx, start, node.clone()),
+            |(mut rx, last, node)| async move {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "subscriber lagged; events dropped for it");
+                        let seq = last + missed;
+                        return Some((Ok(convert::lagged(&node, seq, missed)), (rx, seq, node)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                let seq = ev.seq;
+                Some((Ok(convert::event(&node, ev)), (rx, seq, node)))
+            },
+        );
+        let stream = futures::stream::once(async move { Ok(first) })
+            .chain(rest)
+            .take_until(self.node.shutdown_token().clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type BatchStream = BoxStream<pb::BatchResponse>;
+
+    async fn batch(
+        &self,
+        req: Request<Streaming<pb::BatchRequest>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        let node = self.node.clone();
+        let stream = req
+            .into_inner()
+            .map(move |batch| {
+                let batch = batch?;
+                let results = batch.ops.into_iter().map(|op| run_op(&node, op)).collect();
+                Ok(pb::BatchResponse { results })
+            })
+            .take_until(self.node.shutdown_token().clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
