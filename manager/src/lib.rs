@@ -1,1 +1,24 @@
+//! ringcache manager: the HTTP API on `/`, a consistent hash ring that maps
+//! each key to its replicas among the data nodes, and gRPC forwarding to them.
+//!
+//! - [`ring`]: the consistent hash ring.
+//! - [`client`]: the one interface through which requests reach a node.
+//! - [`cluster`]: node states and routing of reads and writes to replicas.
+//! - [`membership`]: per-node `Subscribe` streams, health and rejoin.
+//! - [`http`], [`query`], [`error`]: the HTTP API.
+//! - [`embedded`]: the in-process cluster used when no nodes are given.
+//! - [`server`]: [`serve`], the entry point tests and the binary call.
 
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod embedded;
+pub mod error;
+pub mod http;
+pub mod membership;
+pub mod query;
+pub mod ring;
+pub mod server;
+
+pub use config::ManagerOptions;
+pub use server::{serve, ServeError};

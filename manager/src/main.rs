@@ -1,1 +1,28 @@
-fn main() {}
+use clap::Parser;
+use ringcache_datanode::shutdown_signal;
+use ringcache_manager::{serve, ManagerOptions};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let opts = ManagerOptions::parse();
+    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %opts.listen, error = %e, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match serve(listener, opts, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "manager failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The manager's client of one data node: one long-lived tonic `Channel`
+//! (HTTP/2, multiplexed) reused by every request, and a deadline on every
+//! call. This is the only module that knows how requests travel to a node.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Why a call to a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("node {node} did not answer within {timeout:?}")]
+    Timeout { node: String, timeout: Duration },
+    #[error("node {node}: {status}")]
+    Status { node: String, status: Status },
+    #[error("invalid node address {addr:?}: {source}")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl CallError {
+    /// Whether the failure says the node is unreachable or unhealthy (as
+    /// opposed to it refusing this particular request).
+    pub fn is_node_failure(&self) -> bool {
+        match self {
+            CallError::Timeout { .. } | CallError::Address { .. } => true,
+            CallError::Status { status, .. } => !matches!(
+                status.code(),
+                Code::InvalidArgument
+                    | Code::ResourceExhausted
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::Unauthenticated
+                    | Code::PermissionDenied
+                    | Code::NotFound
+            ),
+        }
+    }
+}
+
+/// A found value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub value: Bytes,
+    /// The node's event sequence number at the read (see `GetResponse.seq`).
+    pub seq: u64,
+}
+
+/// Handle to one data node; cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub struct NodeClient {
+    addr: String,
+    inner: DataNodeClient<Channel>,
+    timeout: Duration,
+}
+
+impl NodeClient {
+    /// A client that connects lazily (and reconnects) to `addr`, such as
+    /// `http://127.0.0.1:50051`, giving each call `timeout` to complete.
+    pub fn new(addr: &str, timeout: Duration) -> Result<Self, CallError> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|source| CallError::Address {
+                addr: addr.to_string(),
+                source,
+            })?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            // Find out about a silently dead connection even when idle.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            addr: addr.to_string(),
+            inner: DataNodeClient::new(endpoint.connect_lazy()),
+            timeout,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        // Tell the node the deadline too, so it can give up on our behalf.
+        req.set_timeout(self.timeout);
+        req
+    }
+
+    /// Runs `call` with the deadline; a hung node costs at most `timeout`.
+    async fn call<T, F>(&self, call: F) -> Result<T, CallError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => Err(CallError::Timeout {
+                node: self.addr.clone(),
+                timeout: self.timeout,
+            }),
+            Ok(Err(status)) => Err(CallError::Status {
+                node: self.addr.clone(),
+                status,
+            }),
+            Err(_) => Err(CallError::Timeout {
+                node: self.addr.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Hit>, CallError> {
+        let mut c = self.inner.clone();
+        let req = self.request(pb::GetRequest {
+            key: key.to_string(),
+        });
+        let r = self.call(c.get(req)).await?;
+        Ok(r.found.then_some(Hit {
+            value: r.value,
+            seq: r.seq,
+        }))
+    }
+
+    /// Returns whether a live value was replaced.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, CallError> {
+        let mut c = self.inner.clone();
+        let req = self.request(pb::SetRequest {
+            key: key.to_string(),
+            value,
+            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+        });
+        Ok(self.call(c.set(req)).await?.replaced)
+    }
+
+    /// Returns whether a live value was removed.
+    pub async fn delete(&self, key: &str) -> Result<bool, CallError> {
+        let mut c = self.inner.clone();
+        let req = self.request(pb::DeleteRequest {
+            key: key.to_string(),
+        });
+        Ok(self.call(c.delete(req)).await?.deleted)
+    }
+
+    pub async fn flush(&self) -> Result<u64, CallError> {
+        let mut c = self.inner.clone();
+        Ok(self
+            .call(c.flush(self.request(pb::FlushRequest {})))
+            .await?
+            .removed)
+    }
+
+    pub async fn stats(&self) -> Result<pb::StatsResponse, CallError> {
+        let mut c = self.inner.clone();
+        self.call(c.stats(self.request(pb::StatsRequest {}))).await
+    }
+
+    /// Opens the node's event stream. Only opening it is bounded by the
+    /// deadline; the stream itself lives until either side ends it.
+    pub async fn subscribe(&self) -> Result<tonic::Streaming<pb::Event>, CallError> {
+        let mut c = self.inner.clone();
+        self.call(c.subscribe(Request::new(pb::SubscribeRequest {})))
+            .await
+    }
+}

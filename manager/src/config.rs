@@ -1,0 +1,106 @@
+//! Manager options: command-line flags, each also readable from a
+//! `MANAGER_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ringcache_datanode::config::parse_size;
+
+use crate::ring::DEFAULT_VNODES;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "manager",
+    version,
+    about = "ringcache manager: HTTP key-value API routed to data nodes over a consistent hash ring"
+)]
+pub struct ManagerOptions {
+    /// Address to serve the HTTP API on.
+    #[arg(long, env = "MANAGER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Data node gRPC addresses, comma-separated or repeated
+    /// (http://host:port; a bare host:port means http). None: run an
+    /// embedded cluster in this process.
+    #[arg(long = "nodes", env = "MANAGER_NODES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// Data nodes to run inside the manager when --nodes is not given.
+    #[arg(long, env = "MANAGER_EMBEDDED_NODES", default_value_t = 3)]
+    pub embedded_nodes: usize,
+
+    /// Memory bound of each embedded data node, e.g. 256MiB.
+    #[arg(long, env = "MANAGER_EMBEDDED_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub embedded_max_memory: u64,
+
+    /// Copies of each key, on successive distinct nodes of the ring
+    /// (default: 2, or 1 with a single node).
+    #[arg(long, env = "MANAGER_REPLICAS")]
+    pub replicas: Option<usize>,
+
+    /// Virtual nodes per data node on the ring.
+    #[arg(long, env = "MANAGER_VNODES", default_value_t = DEFAULT_VNODES)]
+    pub vnodes: usize,
+
+    /// Deadline of each call to a data node, e.g. 1s or 300ms.
+    #[arg(long, env = "MANAGER_NODE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub node_timeout: Duration,
+
+    /// A node that sends no event (heartbeat) for this long is down.
+    #[arg(long, env = "MANAGER_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Longest key accepted, in bytes.
+    #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_datanode::config::DEFAULT_MAX_KEY_BYTES)]
+    pub max_key_bytes: usize,
+
+    /// Largest value accepted, e.g. 1MiB. Larger bodies are not read.
+    #[arg(long, env = "MANAGER_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub max_value_bytes: u64,
+}
+
+impl ManagerOptions {
+    /// Replica count for `nodes` data nodes.
+    pub fn replicas_for(&self, nodes: usize) -> usize {
+        self.replicas.unwrap_or(2).clamp(1, nodes.max(1))
+    }
+}
+
+/// Normalizes a node address to a URI tonic can connect to.
+pub fn node_uri(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_comma_separated_or_repeated() {
+        let o = ManagerOptions::try_parse_from([
+            "manager",
+            "--nodes",
+            "http://a:1,b:2",
+            "--nodes",
+            "c:3",
+        ])
+        .unwrap();
+        let uris: Vec<_> = o.nodes.iter().map(|n| node_uri(n)).collect();
+        assert_eq!(uris, ["http://a:1", "http://b:2", "http://c:3"]);
+    }
+
+    #[test]
+    fn replicas_default_to_two_but_never_exceed_nodes() {
+        let o = ManagerOptions::try_parse_from(["manager"]).unwrap();
+        assert_eq!(o.replicas_for(3), 2);
+        assert_eq!(o.replicas_for(1), 1);
+        assert_eq!(o.embedded_nodes, 3);
+        assert_eq!(o.listen.port(), 8080);
+    }
+}

@@ -1,0 +1,53 @@
+//! The embedded cluster: with no `--nodes`, the manager runs data nodes in
+//! its own process, each a real gRPC server on a loopback port, so one
+//! command gives a working cache (and grpcurl still reaches every node).
+
+use ringcache_datanode::NodeOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Running embedded nodes.
+pub struct Embedded {
+    pub addrs: Vec<String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Embedded {
+    /// Starts `count` data nodes on 127.0.0.1 ports chosen by the system;
+    /// they stop when `shutdown` is cancelled.
+    pub async fn start(
+        count: usize,
+        max_memory: u64,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<Self> {
+        let mut addrs = Vec::with_capacity(count);
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let addr = listener.local_addr()?;
+            let opts = NodeOptions {
+                listen: addr,
+                id: Some(format!("embedded-{}", i + 1)),
+                max_memory,
+                ..NodeOptions::default()
+            };
+            tracing::info!(node = i + 1, %addr, "embedded data node (grpcurl -plaintext {addr} list)");
+            let stop = shutdown.clone().cancelled_owned();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = ringcache_datanode::serve(listener, opts, stop).await {
+                    tracing::error!(%addr, error = %e, "embedded data node failed");
+                }
+            }));
+            addrs.push(format!("http://{addr}"));
+        }
+        Ok(Self { addrs, tasks })
+    }
+
+    /// Waits for every node to finish shutting down.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The one place where manager errors become HTTP responses: a status code
+//! and a one-line plain-text body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tonic::Code;
+
+use crate::client::CallError;
+use crate::cluster::ClusterError;
+use crate::query::QueryError;
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("value is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Cluster(ClusterError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
+                match status.code() {
+                    Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+                    Code::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_GATEWAY,
+                }
+            }
+            ApiError::Cluster(ClusterError::Rejected(_)) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            // A refusal carries the node's own one-line reason.
+            ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
+                status.message().to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut resp = (status, format!("{body}\n")).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        resp
+    }
+}

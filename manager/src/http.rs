@@ -1,0 +1,183 @@
+//! The HTTP API: the key operations on `/` and the cluster status on
+//! `/cluster`. Handlers only parse and validate; [`Cluster`] routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tracing::instrument;
+
+use crate::cluster::{Cluster, NodeState};
+use crate::error::ApiError;
+use crate::query;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: u64,
+    pub vnodes: usize,
+}
+
+/// The manager's routes.
+pub fn router(state: AppState) -> Router {
+    let body_limit = usize::try_from(state.max_value_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/", get(get_key).post(set_key).delete(delete_key))
+        .route("/cluster", get(cluster_status))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
+        // Bodies past the limit are refused with 413 without being read.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+impl AppState {
+    /// Parses the query and returns the validated key and the rest.
+    fn key_query(&self, raw: Option<String>) -> Result<(String, query::KeyQuery), ApiError> {
+        let mut q = query::parse(raw.as_deref().unwrap_or(""))?;
+        let key = q.key.take().unwrap_or_default();
+        if key.is_empty() {
+            return Err(ApiError::BadRequest(
+                "missing or empty key parameter".into(),
+            ));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(ApiError::BadRequest(format!(
+                "key is {} bytes, longer than the limit of {}",
+                key.len(),
+                self.max_key_bytes
+            )));
+        }
+        Ok((key, q))
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, body).into_response()
+}
+
+#[instrument(skip_all, fields(key))]
+async fn get_key(
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let (key, _) = st.key_query(raw)?;
+    tracing::Span::current().record("key", key.as_str());
+    Ok(match st.cluster.get(&key).await? {
+        Some(value) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
+        }
+        None => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(ttl) = ttl else { return Ok(None) };
+    let secs: u64 = ttl.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "ttl must be a whole number of seconds, got {ttl:?}"
+        ))
+    })?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+#[instrument(skip_all, fields(key, len))]
+async fn set_key(
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (key, q) = st.key_query(raw)?;
+    let ttl = parse_ttl(q.ttl.as_deref())?;
+    // The value comes from the query when given there, else from the body.
+    let value = q.value.unwrap_or(body);
+    if value.len() as u64 > st.max_value_bytes {
+        return Err(ApiError::TooLarge(st.max_value_bytes));
+    }
+    let span = tracing::Span::current();
+    span.record("key", key.as_str());
+    span.record("len", value.len());
+    Ok(if st.cluster.set(&key, value, ttl).await? {
+        text(StatusCode::OK, "updated\n")
+    } else {
+        text(StatusCode::CREATED, "created\n")
+    })
+}
+
+#[instrument(skip_all, fields(key))]
+async fn delete_key(
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let (key, _) = st.key_query(raw)?;
+    tracing::Span::current().record("key", key.as_str());
+    Ok(if st.cluster.delete(&key).await? {
+        text(StatusCode::OK, "deleted\n")
+    } else {
+        text(StatusCode::NOT_FOUND, "not found\n")
+    })
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    replicas: usize,
+    vnodes: usize,
+    nodes: Vec<NodeView>,
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    address: String,
+    id: Option<String>,
+    instance: Option<String>,
+    state: NodeState,
+    last_heartbeat_age_ms: Option<u64>,
+    items: Option<u64>,
+    bytes: Option<u64>,
+    memory_limit: Option<u64>,
+    evictions: Option<u64>,
+    hit_ratio: Option<f64>,
+    ring_share: f64,
+}
+
+async fn cluster_status(State(st): State<AppState>) -> Json<ClusterView> {
+    let shares = st.cluster.ring().shares();
+    let nodes = st
+        .cluster
+        .nodes()
+        .iter()
+        .zip(shares)
+        .map(|(n, share)| {
+            let info = n.info();
+            let stats = info.stats.as_ref();
+            NodeView {
+                address: n.addr().to_string(),
+                id: info.node_id.clone(),
+                instance: info.instance_id.clone(),
+                state: n.state(),
+                last_heartbeat_age_ms: info.last_event.map(|t| t.elapsed().as_millis() as u64),
+                items: stats.map(|s| s.items),
+                bytes: stats.map(|s| s.bytes_used),
+                memory_limit: stats.map(|s| s.memory_limit),
+                evictions: stats.map(|s| s.evictions),
+                hit_ratio: stats.and_then(|s| {
+                    let total = s.hits + s.misses;
+                    (total > 0).then(|| s.hits as f64 / total as f64)
+                }),
+                ring_share: share,
+            }
+        })
+        .collect();
+    Json(ClusterView {
+        replicas: st.cluster.replicas(),
+        vnodes: st.vnodes,
+        nodes,
+    })
+}

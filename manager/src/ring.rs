@@ -1,0 +1,206 @@
+//! Consistent hash ring with virtual nodes.
+//!
+//! Each node is placed at `vnodes` points, the xxh3 hashes of `"{id}#{i}"`;
+//! a key belongs to the first point at or after its own hash, clockwise, and
+//! its replicas to the next distinct nodes after that. Placement depends only
+//! on the set of node ids (ties between equal hashes are broken by id), so
+//! two managers given the same nodes in any order agree on every key.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Virtual nodes per node by default. A node's share of the key space has a
+/// relative standard deviation of about `1/sqrt(vnodes)`: about 3% here.
+pub const DEFAULT_VNODES: usize = 1024;
+
+/// A ring over nodes identified by strings; lookups return indices into the
+/// id list the ring was built from.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    /// (point, node index), sorted by point then by node id.
+    points: Vec<(u64, usize)>,
+    nodes: usize,
+}
+
+/// Hash of a key on the ring.
+pub fn key_hash(key: &str) -> u64 {
+    xxh3_64(key.as_bytes())
+}
+
+impl Ring {
+    pub fn new<S: AsRef<str>>(ids: &[S], vnodes: usize) -> Self {
+        let vnodes = vnodes.max(1);
+        let mut points = Vec::with_capacity(ids.len() * vnodes);
+        for (n, id) in ids.iter().enumerate() {
+            for v in 0..vnodes {
+                points.push((xxh3_64(format!("{}#{v}", id.as_ref()).as_bytes()), n));
+            }
+        }
+        points.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| ids[a.1].as_ref().cmp(ids[b.1].as_ref()))
+        });
+        Self {
+            points,
+            nodes: ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes == 0
+    }
+
+    /// Up to `n` distinct nodes for `key`, the owner first.
+    pub fn replicas(&self, key: &str, n: usize) -> Vec<usize> {
+        self.replicas_for_hash(key_hash(key), n)
+    }
+
+    fn replicas_for_hash(&self, h: u64, n: usize) -> Vec<usize> {
+        let n = n.min(self.nodes);
+        let mut out = Vec::with_capacity(n);
+        if n == 0 {
+            return out;
+        }
+        let start = self.points.partition_point(|&(p, _)| p < h);
+        for i in 0..self.points.len() {
+            let node = self.points[(start + i) % self.points.len()].1;
+            if !out.contains(&node) {
+                out.push(node);
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The owner of `key`.
+    pub fn owner(&self, key: &str) -> Option<usize> {
+        self.replicas(key, 1).first().copied()
+    }
+
+    /// Each node's share of the key space (as primary owner), summing to 1.
+    pub fn shares(&self) -> Vec<f64> {
+        let mut shares = vec![0.0; self.nodes];
+        let Some(&(last, _)) = self.points.last() else {
+            return shares;
+        };
+        // The arc before each point belongs to that point's node; the first
+        // point also owns the wrap-around arc after the last one.
+        let mut prev = last;
+        for &(p, n) in &self.points {
+            shares[n] += p.wrapping_sub(prev) as f64 / 2f64.powi(64);
+            prev = p;
+        }
+        if self.points.len() == 1 || self.points.iter().all(|&(p, _)| p == last) {
+            shares[self.points[0].1] = 1.0;
+        }
+        shares
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("http://10.0.0.{i}:50051")).collect()
+    }
+
+    fn counts(ring: &Ring, keys: usize) -> Vec<usize> {
+        let mut c = vec![0; ring.nodes];
+        for k in 0..keys {
+            c[ring.owner(&format!("key-{k}")).unwrap()] += 1;
+        }
+        c
+    }
+
+    fn rel_stddev(c: &[usize]) -> f64 {
+        let mean = c.iter().sum::<usize>() as f64 / c.len() as f64;
+        let var = c.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / c.len() as f64;
+        var.sqrt() / mean
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_nodes() {
+        for n in [3, 10] {
+            let ring = Ring::new(&ids(n), DEFAULT_VNODES);
+            let c = counts(&ring, 200_000);
+            let sd = rel_stddev(&c);
+            assert!(sd < 0.06, "{n} nodes: stddev {sd:.3} of mean, counts {c:?}");
+        }
+    }
+
+    #[test]
+    fn shares_sum_to_one_and_match_key_counts() {
+        let ring = Ring::new(&ids(3), DEFAULT_VNODES);
+        let shares = ring.shares();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let c = counts(&ring, 100_000);
+        for (s, c) in shares.iter().zip(&c) {
+            assert!(
+                (s - *c as f64 / 100_000.0).abs() < 0.01,
+                "{shares:?} vs {c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn adding_a_node_moves_about_its_share_and_only_to_it() {
+        let old = Ring::new(&ids(4), DEFAULT_VNODES);
+        let new_ids = ids(5);
+        let new = Ring::new(&new_ids, DEFAULT_VNODES);
+        let keys = 100_000;
+        let mut moved = 0;
+        for k in 0..keys {
+            let key = format!("key-{k}");
+            let (a, b) = (old.owner(&key).unwrap(), new.owner(&key).unwrap());
+            if a != b {
+                moved += 1;
+                // A key only ever moves to the new node.
+                assert_eq!(b, 4, "{key} moved between old nodes");
+            }
+        }
+        let frac = moved as f64 / keys as f64;
+        assert!(
+            (frac - 0.2).abs() < 0.02,
+            "moved {frac:.3}, expected about 1/5"
+        );
+    }
+
+    #[test]
+    fn placement_ignores_the_order_nodes_are_given_in() {
+        let a = ids(5);
+        let mut b = a.clone();
+        b.reverse();
+        b.swap(0, 2);
+        let (ra, rb) = (Ring::new(&a, 64), Ring::new(&b, 64));
+        for k in 0..5000 {
+            let key = format!("k{k}");
+            let pa: Vec<&str> = ra
+                .replicas(&key, 3)
+                .iter()
+                .map(|&i| a[i].as_str())
+                .collect();
+            let pb: Vec<&str> = rb
+                .replicas(&key, 3)
+                .iter()
+                .map(|&i| b[i].as_str())
+                .collect();
+            assert_eq!(pa, pb);
+        }
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_bounded_by_node_count() {
+        let ring = Ring::new(&ids(3), 16);
+        for k in 0..1000 {
+            let r = ring.replicas(&format!("k{k}"), 2);
+            assert_eq!(r.len(), 2);
+            assert_ne!(r[0], r[1]);
+            assert_eq!(r[0], ring.owner(&format!("k{k}")).unwrap());
+        }
+        assert_eq!(ring.replicas("k", 10).len(), 3);
+        assert!(Ring::new::<String>(&[], 16).replicas("k", 2).is_empty());
+        assert_eq!(Ring::new(&ids(1), 16).replicas("k", 2), vec![0]);
+    }
+}

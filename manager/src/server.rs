@@ -1,0 +1,123 @@
+//! Starting a manager: the node clients and their membership tasks, the
+//! embedded cluster when no nodes are given, and the HTTP server.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{CallError, NodeClient};
+use crate::cluster::{Cluster, NodeHandle};
+use crate::config::{node_uri, ManagerOptions};
+use crate::embedded::Embedded;
+use crate::http::{self, AppState};
+use crate::membership::{self, EventListener, NoListener};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot start the embedded data nodes: {0}")]
+    Embedded(#[source] std::io::Error),
+    #[error(transparent)]
+    Node(#[from] CallError),
+    #[error("data node {0} is listed twice")]
+    DuplicateNode(String),
+    #[error("no data nodes: give --nodes or --embedded-nodes > 0")]
+    NoNodes,
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Serves the manager's HTTP API on `listener` until `shutdown` completes,
+/// then finishes in-flight requests, ends subscriptions and stops embedded
+/// nodes.
+pub async fn serve(
+    listener: TcpListener,
+    opts: ManagerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let token = CancellationToken::new();
+    let embedded = if opts.nodes.is_empty() {
+        Some(
+            Embedded::start(opts.embedded_nodes, opts.embedded_max_memory, &token)
+                .await
+                .map_err(ServeError::Embedded)?,
+        )
+    } else {
+        None
+    };
+    let addrs: Vec<String> = match &embedded {
+        Some(e) => e.addrs.clone(),
+        None => opts.nodes.iter().map(|n| node_uri(n)).collect(),
+    };
+    let result = run(listener, &opts, addrs, &token, shutdown).await;
+    token.cancel();
+    if let Some(e) = embedded {
+        e.join().await;
+    }
+    result
+}
+
+async fn run(
+    listener: TcpListener,
+    opts: &ManagerOptions,
+    addrs: Vec<String>,
+    token: &CancellationToken,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if addrs.is_empty() {
+        return Err(ServeError::NoNodes);
+    }
+    let mut seen = HashSet::new();
+    let mut nodes = Vec::with_capacity(addrs.len());
+    for a in &addrs {
+        if !seen.insert(a.as_str()) {
+            return Err(ServeError::DuplicateNode(a.clone()));
+        }
+        nodes.push(Arc::new(NodeHandle::new(NodeClient::new(
+            a,
+            opts.node_timeout,
+        )?)));
+    }
+    let cluster = Arc::new(Cluster::new(
+        nodes,
+        opts.vnodes,
+        opts.replicas_for(addrs.len()),
+    ));
+    let listener_events: Arc<dyn EventListener> = Arc::new(NoListener);
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        tokio::spawn(membership::watch(
+            i,
+            node.clone(),
+            opts.heartbeat_timeout,
+            listener_events.clone(),
+            token.clone(),
+        ));
+    }
+    let app = http::router(AppState {
+        cluster: cluster.clone(),
+        max_key_bytes: opts.max_key_bytes,
+        max_value_bytes: opts.max_value_bytes,
+        vnodes: opts.vnodes,
+    });
+    let addr = listener.local_addr().map_err(ServeError::Http)?;
+    tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(), "manager serving HTTP");
+    let listener = listener.tap_io(|tcp| {
+        // Small responses must not wait for Nagle's algorithm.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let stop = token.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown => tracing::info!("manager shutting down"),
+                _ = stop.cancelled() => {}
+            }
+        })
+        .await
+        .map_err(ServeError::Http)
+}
