@@ -59,6 +59,10 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
 
+    /// Time in-flight calls get to finish at shutdown (SIGTERM/SIGINT).
+    #[arg(long, env = "DATANODE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Events kept per subscriber before it is told it lagged.
     #[arg(long, env = "DATANODE_EVENT_BUFFER", default_value_t = 65536)]
     pub event_buffer: usize,
@@ -76,6 +80,7 @@ impl Default for NodeOptions {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             heartbeat_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
             event_buffer: 65536,
         }
     }

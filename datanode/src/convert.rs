@@ -20,6 +20,7 @@ impl From<Cause> for pb::Cause {
 }
 
 pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
+    let epoch = node.store().epoch();
     pb::StatsResponse {
         node_id: node.id().to_string(),
         instance_id: node.instance_id().to_string(),
@@ -33,6 +34,7 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
         ops: s.ops,
         uptime_ms: node.uptime().as_millis() as u64,
         max_items: s.max_items,
+        epoch,
     }
 }
 

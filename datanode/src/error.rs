@@ -13,6 +13,7 @@ impl From<NodeError> for Status {
             NodeError::ValueTooLarge { .. } | NodeError::Store(StoreError::TooLarge { .. }) => {
                 Status::resource_exhausted(msg)
             }
+            NodeError::Store(StoreError::StaleEpoch { .. }) => Status::failed_precondition(msg),
         }
     }
 }

@@ -84,8 +84,14 @@ impl Node {
         Ok(self.store.get(key))
     }
 
-    /// `ttl_ms == 0` means no expiry.
-    pub fn set(&self, key: &str, value: &Bytes, ttl_ms: u64) -> Result<bool, NodeError> {
+    /// `ttl_ms == 0` means no expiry; `epoch` fences the write (0: unfenced).
+    pub fn set(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl_ms: u64,
+        epoch: u64,
+    ) -> Result<bool, NodeError> {
         self.check_key(key)?;
         if value.len() > self.max_value_bytes {
             return Err(NodeError::ValueTooLarge {
@@ -94,12 +100,12 @@ impl Node {
             });
         }
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-        Ok(self.store.set(key, value, ttl)?)
+        Ok(self.store.set_fenced(key, value, ttl, epoch)?)
     }
 
-    pub fn delete(&self, key: &str) -> Result<bool, NodeError> {
+    pub fn delete(&self, key: &str, epoch: u64) -> Result<bool, NodeError> {
         self.check_key(key)?;
-        Ok(self.store.delete(key))
+        Ok(self.store.delete_fenced(key, epoch)?)
     }
 
     /// Publishes one status heartbeat on the event bus.

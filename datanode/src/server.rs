@@ -22,6 +22,8 @@ const SWEEP_BUDGET: usize = 256;
 pub enum ServeError {
     #[error("cannot read the listener's address: {0}")]
     Addr(#[source] std::io::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -46,6 +48,18 @@ pub async fn serve(
     );
     spawn_background(&node, &opts);
 
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl builds that are still widely installed only speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<DataNodeServer<DataNodeService>>()
+        .await;
+
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = {
         let token = token.clone();
@@ -55,15 +69,31 @@ pub async fn serve(
             token.cancel();
         }
     };
-    let result = Server::builder()
+    let server = Server::builder()
         // Detect dead peers on idle connections.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(DataNodeServer::new(DataNodeService::new(node.clone())))
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await;
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, signal);
+    // Graceful shutdown waits for every connection to close; a client that
+    // keeps a stream open (a health Watch, say) gets `shutdown_grace`.
+    let grace = opts.shutdown_grace;
+    let deadline = async {
+        token.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = server => r.map_err(ServeError::from),
+        _ = deadline => {
+            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
     token.cancel();
-    result.map_err(ServeError::from)
+    result
 }
 
 fn spawn_background(node: &Arc<Node>, opts: &NodeOptions) {

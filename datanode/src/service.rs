@@ -43,12 +43,12 @@ fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, St
 }
 
 fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, Status> {
-    let replaced = node.set(&req.key, &req.value, req.ttl_ms)?;
+    let replaced = node.set(&req.key, &req.value, req.ttl_ms, req.epoch)?;
     Ok(pb::SetResponse { replaced })
 }
 
 fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
-    let deleted = node.delete(&req.key)?;
+    let deleted = node.delete(&req.key, req.epoch)?;
     Ok(pb::DeleteResponse { deleted })
 }
 
@@ -100,9 +100,9 @@ impl DataNode for DataNodeService {
         &self,
         _req: Request<pb::FlushRequest>,
     ) -> Result<Response<pb::FlushResponse>, Status> {
-        let removed = self.node.store().flush();
-        tracing::info!(removed, "flushed");
-        Ok(Response::new(pb::FlushResponse { removed }))
+        let (removed, epoch) = self.node.store().flush();
+        tracing::info!(removed, epoch, "flushed");
+        Ok(Response::new(pb::FlushResponse { removed, epoch }))
     }
 
     async fn stats(

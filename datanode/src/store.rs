@@ -55,6 +55,8 @@ impl Default for StoreConfig {
 pub enum StoreError {
     #[error("entry of {size} bytes exceeds the per-shard memory limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    #[error("write fenced with epoch {got}, older than the node's epoch {current}")]
+    StaleEpoch { got: u64, current: u64 },
 }
 
 /// A value found by [`Store::get`].
@@ -94,6 +96,10 @@ struct Inner {
     memory_limit: u64,
     max_items: u64,
     counters: Counters,
+    /// Flush epoch: raised by every flush while all shard locks are held, and
+    /// checked by fenced writes under their shard lock, so a write is either
+    /// ordered before a flush or refused.
+    epoch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -178,6 +184,7 @@ impl Store {
                 memory_limit: config.max_memory,
                 max_items: config.max_items.unwrap_or(0),
                 counters: Counters::default(),
+                epoch: AtomicU64::new(1),
             }),
         }
     }
@@ -231,12 +238,42 @@ impl Store {
         found
     }
 
+    /// The current flush epoch.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Refuses a write fenced with an epoch older than the current one.
+    /// Called with the key's shard lock held.
+    fn check_fence(&self, fence: u64) -> Result<(), StoreError> {
+        let current = self.epoch();
+        if fence != 0 && fence < current {
+            return Err(StoreError::StaleEpoch {
+                got: fence,
+                current,
+            });
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces `key`. Returns whether a live value was replaced.
     /// Least recently used entries of the key's shard are evicted to make room.
     pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+        self.set_fenced(key, value, ttl, 0)
+    }
+
+    /// [`Store::set`] refused when `fence` (unless 0) is older than the epoch.
+    pub fn set_fenced(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        fence: u64,
+    ) -> Result<bool, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
         let size = entry_size(key, value);
         let mut shard = lock(self.shard(key));
+        self.check_fence(fence)?;
         if size > shard.byte_limit {
             return Err(StoreError::TooLarge {
                 size,
@@ -285,10 +322,16 @@ impl Store {
 
     /// Removes `key`. Returns whether a live value was removed.
     pub fn delete(&self, key: &str) -> bool {
+        matches!(self.delete_fenced(key, 0), Ok(true))
+    }
+
+    /// [`Store::delete`] refused when `fence` (unless 0) is older than the epoch.
+    pub fn delete_fenced(&self, key: &str, fence: u64) -> Result<bool, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut shard = lock(self.shard(key));
-        match shard.remove(key) {
+        self.check_fence(fence)?;
+        Ok(match shard.remove(key) {
             Some((k, e)) => {
                 let live = !is_expired(&e, now);
                 if !live {
@@ -301,12 +344,13 @@ impl Store {
                 live
             }
             None => false,
-        }
+        })
     }
 
-    /// Removes every entry; returns how many there were. Publishes one
-    /// `Flush` event after all shards are empty.
-    pub fn flush(&self) -> u64 {
+    /// Removes every entry and raises the epoch; returns how many entries
+    /// there were and the new epoch. Publishes one `Flush` event after all
+    /// shards are empty.
+    pub fn flush(&self) -> (u64, u64) {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
         // Hold every shard lock while clearing, so no write can land between
         // the clear and the event and be wrongly covered by it.
@@ -318,9 +362,10 @@ impl Store {
             shard.expiries.clear();
             shard.used = 0;
         }
+        let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.publish(Arc::from(""), Cause::Flush);
         drop(guards);
-        removed
+        (removed, epoch)
     }
 
     /// Removes entries whose TTL has passed, at most `budget` per shard lock
@@ -542,7 +587,7 @@ mod tests {
         s.delete("a");
         s.delete("missing");
         let seq_before_flush = s.events().last_seq();
-        assert_eq!(s.flush(), 1);
+        assert_eq!(s.flush(), (1, 2));
         let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         let seqs: Vec<_> = got.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (start + 1..=start + 4).collect::<Vec<_>>());
@@ -564,6 +609,29 @@ mod tests {
             ]
         );
         assert_eq!(s.stats().items, 0);
+    }
+
+    #[tokio::test]
+    async fn writes_fenced_before_a_flush_are_refused() {
+        let s = store(1 << 20, None, 2);
+        assert_eq!(s.epoch(), 1);
+        assert_eq!(s.set_fenced("k", b"v", None, 1), Ok(false));
+        let (_, epoch) = s.flush();
+        assert_eq!(epoch, 2);
+        // A request issued before the flush, arriving after it.
+        assert_eq!(
+            s.set_fenced("k", b"old", None, 1),
+            Err(StoreError::StaleEpoch { got: 1, current: 2 })
+        );
+        assert_eq!(
+            s.delete_fenced("k", 1),
+            Err(StoreError::StaleEpoch { got: 1, current: 2 })
+        );
+        assert_eq!(s.get("k"), None);
+        // Current and unfenced writes go through.
+        assert_eq!(s.set_fenced("k", b"new", None, 2), Ok(false));
+        assert_eq!(s.set_fenced("k", b"any", None, 0), Ok(true));
+        assert_eq!(s.delete_fenced("k", 2), Ok(true));
     }
 
     #[tokio::test]

@@ -2,6 +2,8 @@
 //! (HTTP/2, multiplexed) reused by every request, and a deadline on every
 //! call. This is the only module that knows how requests travel to a node.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,11 +55,16 @@ pub struct Hit {
 }
 
 /// Handle to one data node; cheap to clone (clones share the connection).
+///
+/// Writes are fenced with the node's flush epoch as last learned (from a
+/// flush, a heartbeat or a refusal): a write delayed in the network past a
+/// flush is refused by the node instead of resurrecting an old value.
 #[derive(Clone)]
 pub struct NodeClient {
     addr: String,
     inner: DataNodeClient<Channel>,
     timeout: Duration,
+    epoch: Arc<AtomicU64>,
 }
 
 impl NodeClient {
@@ -79,7 +86,33 @@ impl NodeClient {
             addr: addr.to_string(),
             inner: DataNodeClient::new(endpoint.connect_lazy()),
             timeout,
+            epoch: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Records the node's flush epoch (it only ever grows).
+    pub fn learn_epoch(&self, epoch: u64) {
+        self.epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Runs a fenced write; if the node says our epoch is stale (another
+    /// manager flushed it), learns the current epoch and retries once.
+    async fn fenced<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        match call(self.epoch()).await {
+            Err(CallError::Status { status, .. }) if status.code() == Code::FailedPrecondition => {
+                self.learn_epoch(self.stats().await?.epoch);
+                call(self.epoch()).await
+            }
+            other => other,
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -134,30 +167,42 @@ impl NodeClient {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<bool, CallError> {
-        let mut c = self.inner.clone();
-        let req = self.request(pb::SetRequest {
-            key: key.to_string(),
-            value,
-            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
-        });
-        Ok(self.call(c.set(req)).await?.replaced)
+        let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+        self.fenced(|epoch| {
+            let mut c = self.inner.clone();
+            let req = self.request(pb::SetRequest {
+                key: key.to_string(),
+                value: value.clone(),
+                ttl_ms,
+                epoch,
+            });
+            async move { Ok(self.call(c.set(req)).await?.replaced) }
+        })
+        .await
     }
 
     /// Returns whether a live value was removed.
     pub async fn delete(&self, key: &str) -> Result<bool, CallError> {
-        let mut c = self.inner.clone();
-        let req = self.request(pb::DeleteRequest {
-            key: key.to_string(),
-        });
-        Ok(self.call(c.delete(req)).await?.deleted)
+        self.fenced(|epoch| {
+            let mut c = self.inner.clone();
+            let req = self.request(pb::DeleteRequest {
+                key: key.to_string(),
+                epoch,
+            });
+            async move { Ok(self.call(c.delete(req)).await?.deleted) }
+        })
+        .await
     }
 
+    /// Empties the node and fences off every write issued before; returns
+    /// how many entries were removed.
     pub async fn flush(&self) -> Result<u64, CallError> {
         let mut c = self.inner.clone();
-        Ok(self
+        let r = self
             .call(c.flush(self.request(pb::FlushRequest {})))
-            .await?
-            .removed)
+            .await?;
+        self.learn_epoch(r.epoch);
+        Ok(r.removed)
     }
 
     pub async fn stats(&self) -> Result<pb::StatsResponse, CallError> {

@@ -9,6 +9,9 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Colors only for people; log files and container logs stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .init();
     let opts = ManagerOptions::parse();
     let listener = match tokio::net::TcpListener::bind(opts.listen).await {

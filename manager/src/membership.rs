@@ -148,6 +148,9 @@ fn record(node: &NodeHandle, ev: &pb::Event) {
         info.node_id = Some(ev.node_id.clone());
         info.instance_id = Some(ev.instance_id.clone());
         if let Some(pb::event::Kind::Status(s)) = &ev.kind {
+            if let Some(stats) = &s.stats {
+                node.client.learn_epoch(stats.epoch);
+            }
             info.stats = s.stats.clone();
         }
     });

@@ -1,1 +1,348 @@
+//! Helpers for end-to-end tests: spawn the real `datanode` and `manager`
+//! binaries on loopback ports chosen by the system, wait for their readiness
+//! line in their log files, signal them, and talk to them over HTTP.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the test
+//! executables (the manager and datanode packages have integration tests, so
+//! cargo builds their binaries before running any test).
 
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for anything a test polls for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary built alongside this test executable.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (cargo test --workspace does it)",
+        path.display()
+    );
+    path
+}
+
+/// A spawned server process, killed when dropped. Its stderr goes to a log
+/// file whose path is printed if a test fails.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringcache-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create log dir");
+    dir
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what`
+/// after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async version of [`wait_for`].
+pub async fn wait_until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Extracts `addr=HOST:PORT` from the first log line containing `marker`.
+fn ready_addr(log: &Path, marker: &str) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(marker))?;
+    let at = line.find(" addr=")? + " addr=".len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
+impl Proc {
+    fn spawn(name: &str, bin: &str, marker: &str, args: Vec<String>) -> Proc {
+        let bin = bin_path(bin);
+        let log = log_dir().join(format!("{name}-{}.log", unique()));
+        let child = start(&bin, &args, &log);
+        let mut p = Proc {
+            name: name.to_string(),
+            child,
+            log: log.clone(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            args,
+            bin,
+        };
+        p.addr = p.await_ready(marker);
+        p
+    }
+
+    fn await_ready(&mut self, marker: &str) -> SocketAddr {
+        let log = self.log.clone();
+        let start = Instant::now();
+        loop {
+            if let Some(a) = ready_addr(&log, marker) {
+                return a;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited with {status}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} not ready; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A data node on 127.0.0.1 with a system-chosen port.
+    pub fn datanode(name: &str, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--id".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn(name, "datanode", "data node serving gRPC", args)
+    }
+
+    /// A manager over `nodes`, with its HTTP API on a system-chosen port.
+    pub fn manager(name: &str, nodes: &[&Proc], extra: &[&str]) -> Proc {
+        let list: Vec<String> = nodes.iter().map(|n| n.grpc_uri()).collect();
+        let mut args = vec!["--listen".into(), "127.0.0.1:0".into()];
+        if !list.is_empty() {
+            args.push("--nodes".into());
+            args.push(list.join(","));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn(name, "manager", "manager serving HTTP", args)
+    }
+
+    pub fn grpc_uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn http_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child process this test started and still owns.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let child = &mut self.child;
+        wait_for("process exit after SIGTERM", || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Starts the same binary again with the same arguments, on the same
+    /// address (a restarted process: a new instance).
+    pub fn restart(&mut self, marker: &str) {
+        self.kill();
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--listen") {
+            args[i + 1] = self.addr.to_string();
+        }
+        self.log = log_dir().join(format!("{}-{}.log", self.name, unique()));
+        self.child = start(&self.bin, &args, &self.log);
+        let addr = self.await_ready(marker);
+        assert_eq!(addr, self.addr);
+    }
+}
+
+fn start(bin: &Path, args: &[String], log: &Path) -> Child {
+    let file = File::create(log).expect("create log file");
+    Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("clone log handle"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die cleanly.
+        // SAFETY: signals to our own child.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGCONT);
+        }
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// A small HTTP client for the manager's API.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Status and body of a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Api {
+    pub fn new(manager: &Proc) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            base: format!("http://{}", manager.addr),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("manager answers");
+        let status = resp.status().as_u16();
+        Reply {
+            status,
+            body: resp.bytes().await.expect("response body"),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Reply {
+        self.send(self.http.get(format!("{}/?key={key}", self.base)))
+            .await
+    }
+
+    pub async fn set(&self, key: &str, value: &str) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/?key={key}&value={value}", self.base)),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, key: &str) -> Reply {
+        self.send(self.http.delete(format!("{}/?key={key}", self.base)))
+            .await
+    }
+
+    pub async fn cluster(&self) -> serde_json::Value {
+        let r = self
+            .send(self.http.get(format!("{}/cluster", self.base)))
+            .await;
+        serde_json::from_slice(&r.body).expect("/cluster is JSON")
+    }
+
+    /// States of the nodes in `/cluster`, keyed by address.
+    pub async fn node_states(&self) -> Vec<(String, String)> {
+        let c = self.cluster().await;
+        c["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n["address"].as_str().unwrap_or_default().to_string(),
+                            n["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the node at `addr` has `state` in `/cluster`.
+    pub async fn await_state(&self, addr: &str, state: &str) {
+        wait_until(&format!("{addr} to be {state}"), || async {
+            self.node_states()
+                .await
+                .iter()
+                .any(|(a, s)| a == addr && s == state)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Waits until every node is up.
+    pub async fn await_all_up(&self) {
+        wait_until("all nodes up", || async {
+            let s = self.node_states().await;
+            (!s.is_empty() && s.iter().all(|(_, st)| st == "up")).then_some(())
+        })
+        .await
+    }
+}

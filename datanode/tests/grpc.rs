@@ -1,0 +1,267 @@
+//! The data node's gRPC service, served on a loopback port bound to :0.
+
+use std::time::Duration;
+
+use ringcache_datanode::{serve, NodeOptions};
+use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Node {
+    client: DataNodeClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ringcache_datanode::ServeError>>,
+}
+
+async fn start(opts: NodeOptions) -> Node {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, opts, async {
+        let _ = rx.await;
+    }));
+    let client = DataNodeClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Node {
+        client,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn small() -> NodeOptions {
+    NodeOptions {
+        id: Some("test-node".into()),
+        max_value_bytes: 1024,
+        heartbeat_interval: Duration::from_millis(100),
+        ..NodeOptions::default()
+    }
+}
+
+fn set(key: &str, value: &[u8], ttl_ms: u64) -> pb::SetRequest {
+    pb::SetRequest {
+        key: key.into(),
+        value: value.to_vec().into(),
+        ttl_ms,
+        epoch: 0,
+    }
+}
+
+#[tokio::test]
+async fn set_get_delete_stats() {
+    let mut n = start(small()).await;
+    let c = &mut n.client;
+    let r = c.set(set("k", b"hello", 0)).await.unwrap().into_inner();
+    assert!(!r.replaced);
+    let r = c.set(set("k", b"hello2", 0)).await.unwrap().into_inner();
+    assert!(r.replaced);
+    let g = c
+        .get(pb::GetRequest { key: "k".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.found);
+    assert_eq!(&g.value[..], b"hello2");
+    assert_eq!(g.ttl_remaining_ms, 0);
+    let d = c
+        .delete(pb::DeleteRequest {
+            key: "k".into(),
+            epoch: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.deleted);
+    let g = c
+        .get(pb::GetRequest { key: "k".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!g.found);
+    let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.node_id, "test-node");
+    assert!(!s.instance_id.is_empty());
+    assert_eq!((s.items, s.hits, s.misses), (0, 1, 1));
+    assert_eq!(s.memory_limit, NodeOptions::default().max_memory);
+}
+
+#[tokio::test]
+async fn ttl_is_reported_and_honoured() {
+    let mut n = start(small()).await;
+    let c = &mut n.client;
+    c.set(set("t", b"v", 60_000)).await.unwrap();
+    let g = c
+        .get(pb::GetRequest { key: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.ttl_remaining_ms > 50_000 && g.ttl_remaining_ms <= 60_000);
+    c.set(set("gone", b"v", 1)).await.unwrap();
+    // Poll: the 1 ms TTL has passed by the time a later read arrives.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let g = c
+            .get(pb::GetRequest { key: "gone".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if !g.found {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entry never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_codes_and_change_nothing() {
+    let mut n = start(small()).await;
+    let c = &mut n.client;
+    let e = c.get(pb::GetRequest { key: "".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c.set(set(&"x".repeat(251), b"v", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c.set(set("big", &[0u8; 1025], 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.items, 0);
+}
+
+#[tokio::test]
+async fn subscribe_starts_with_status_then_numbers_every_change() {
+    let mut n = start(small()).await;
+    let c = &mut n.client;
+    c.set(set("before", b"v", 0)).await.unwrap();
+    let mut events = c
+        .subscribe(pb::SubscribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.message().await.unwrap().unwrap();
+    let start = first.seq;
+    // The set and at least one heartbeat were published before.
+    assert!(start >= 2, "start {start}");
+    assert!(matches!(first.kind, Some(pb::event::Kind::Status(_))));
+    assert_eq!(first.node_id, "test-node");
+
+    c.set(set("a", b"1", 0)).await.unwrap();
+    c.delete(pb::DeleteRequest {
+        key: "a".into(),
+        epoch: 0,
+    })
+    .await
+    .unwrap();
+    c.flush(pb::FlushRequest {}).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut last = start;
+    // Heartbeats (every 100 ms) interleave; collect the invalidations.
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("event within deadline")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.seq, last + 1, "sequence has no gaps");
+        last = ev.seq;
+        assert_eq!(ev.instance_id, first.instance_id);
+        if let Some(pb::event::Kind::Invalidation(i)) = ev.kind {
+            seen.push((i.key, pb::Cause::try_from(i.cause).unwrap()));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("a".to_string(), pb::Cause::Set),
+            ("a".to_string(), pb::Cause::Delete),
+            (String::new(), pb::Cause::Flush),
+        ]
+    );
+    // And a heartbeat arrives on its own.
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("heartbeat within deadline")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::event::Kind::Status(s)) = ev.kind {
+            assert_eq!(s.stats.unwrap().items, 0);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn batch_stream_answers_each_op_by_id() {
+    let mut n = start(small()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut out = n
+        .client
+        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let op = |id, op| pb::Op { id, op: Some(op) };
+    tx.send(pb::BatchRequest {
+        ops: vec![
+            op(7, pb::op::Op::Set(set("b", b"x", 0))),
+            op(8, pb::op::Op::Get(pb::GetRequest { key: "b".into() })),
+            op(9, pb::op::Op::Get(pb::GetRequest { key: "".into() })),
+            op(
+                10,
+                pb::op::Op::Delete(pb::DeleteRequest {
+                    key: "b".into(),
+                    epoch: 0,
+                }),
+            ),
+        ],
+    })
+    .await
+    .unwrap();
+    let resp = out.message().await.unwrap().unwrap();
+    let ids: Vec<u64> = resp.results.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![7, 8, 9, 10]);
+    use pb::op_result::Result as R;
+    assert!(matches!(&resp.results[0].result, Some(R::Set(s)) if !s.replaced));
+    assert!(matches!(&resp.results[1].result, Some(R::Get(g)) if g.found && &g.value[..] == b"x"));
+    assert!(
+        matches!(&resp.results[2].result, Some(R::Error(e)) if e.code == Code::InvalidArgument as i32)
+    );
+    assert!(matches!(&resp.results[3].result, Some(R::Delete(d)) if d.deleted));
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_and_returns() {
+    let mut n = start(small()).await;
+    let mut events = n
+        .client
+        .subscribe(pb::SubscribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    events.message().await.unwrap().unwrap();
+    let _ = n.stop.take().unwrap().send(());
+    let done = tokio::time::timeout(Duration::from_secs(5), n.task)
+        .await
+        .expect("server stops within deadline despite an open subscription");
+    assert!(done.unwrap().is_ok());
+    // The stream ends rather than hanging.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("stream ends");
+    let _ = end;
+}
