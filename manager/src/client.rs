@@ -52,6 +52,8 @@ pub struct Hit {
     pub value: Bytes,
     /// The node's event sequence number at the read (see `GetResponse.seq`).
     pub seq: u64,
+    /// Time left before the entry expires, if it has a TTL.
+    pub ttl: Option<Duration>,
 }
 
 /// Handle to one data node; cheap to clone (clones share the connection).
@@ -154,9 +156,10 @@ impl NodeClient {
             key: key.to_string(),
         });
         let r = self.call(c.get(req)).await?;
-        Ok(r.found.then_some(Hit {
+        Ok(r.found.then(|| Hit {
             value: r.value,
             seq: r.seq,
+            ttl: (r.ttl_remaining_ms > 0).then(|| Duration::from_millis(r.ttl_remaining_ms)),
         }))
     }
 

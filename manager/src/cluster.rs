@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::client::{CallError, NodeClient};
+use crate::near_cache::NearCache;
 use crate::ring::Ring;
 
 /// A node's state in this manager's view.
@@ -141,6 +142,7 @@ pub struct Cluster {
     nodes: Vec<Arc<NodeHandle>>,
     ring: Ring,
     replicas: usize,
+    near: Option<Arc<NearCache>>,
 }
 
 impl Cluster {
@@ -151,7 +153,18 @@ impl Cluster {
             replicas: replicas.clamp(1, nodes.len().max(1)),
             nodes,
             ring,
+            near: None,
         }
+    }
+
+    /// Serves reads from `near` first and fills it (see [`NearCache`]).
+    pub fn with_near_cache(mut self, near: Arc<NearCache>) -> Self {
+        self.near = Some(near);
+        self
+    }
+
+    pub fn near_cache(&self) -> Option<&Arc<NearCache>> {
+        self.near.as_ref()
     }
 
     pub fn nodes(&self) -> &[Arc<NodeHandle>] {
@@ -167,10 +180,13 @@ impl Cluster {
     }
 
     fn replica_nodes(&self, key: &str) -> impl Iterator<Item = &Arc<NodeHandle>> {
-        self.ring
-            .replicas(key, self.replicas)
+        self.replica_indices(key)
             .into_iter()
             .map(|i| &self.nodes[i])
+    }
+
+    fn replica_indices(&self, key: &str) -> Vec<usize> {
+        self.ring.replicas(key, self.replicas)
     }
 
     /// Sorts a failed call: a node failure takes the node out, a refusal
@@ -187,13 +203,22 @@ impl Cluster {
     /// Reads from the first readable replica that has the key, falling over
     /// to the next on a miss, an error or a deadline.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, ClusterError> {
+        if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
+            return Ok(Some(v));
+        }
         let mut answered = false;
-        for node in self.replica_nodes(key) {
+        for i in self.replica_indices(key) {
+            let node = &self.nodes[i];
             if !node.readable() {
                 continue;
             }
             match node.client.get(key).await {
-                Ok(Some(hit)) => return Ok(Some(hit.value)),
+                Ok(Some(hit)) => {
+                    if let Some(near) = &self.near {
+                        near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl);
+                    }
+                    return Ok(Some(hit.value));
+                }
                 Ok(None) => answered = true,
                 Err(e) => {
                     if let Some(err) = Self::failed(node, e) {
@@ -243,6 +268,11 @@ impl Cluster {
             return Err(ClusterError::Unavailable);
         }
         let results = futures::future::join_all(targets.iter().map(|n| op(n.client.clone()))).await;
+        // Read-your-writes through this manager: drop the old copy now rather
+        // than when the node's invalidation event arrives.
+        if let Some(near) = &self.near {
+            near.invalidate(key);
+        }
         let mut acked: Option<bool> = None;
         let mut refusal = None;
         for (node, r) in targets.iter().zip(results) {

@@ -51,6 +51,11 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
 
+    /// Size of the manager's near cache of hot values, e.g. 64MiB; kept
+    /// coherent by the nodes' invalidation events. Off when absent or 0.
+    #[arg(long, env = "MANAGER_NEAR_CACHE", value_parser = parse_size)]
+    pub near_cache: Option<u64>,
+
     /// Longest key accepted, in bytes.
     #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_datanode::config::DEFAULT_MAX_KEY_BYTES)]
     pub max_key_bytes: usize,

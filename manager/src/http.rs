@@ -15,12 +15,14 @@ use tracing::instrument;
 
 use crate::cluster::{Cluster, NodeState};
 use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
 use crate::query;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub cluster: Arc<Cluster>,
+    pub metrics: Arc<Metrics>,
     pub max_key_bytes: usize,
     pub max_value_bytes: u64,
     pub vnodes: usize,
@@ -29,9 +31,16 @@ pub struct AppState {
 /// The manager's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.max_value_bytes).unwrap_or(usize::MAX);
-    Router::new()
+    let keys = Router::new()
         .route("/", get(get_key).post(set_key).delete(delete_key))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ));
+    Router::new()
+        .merge(keys)
         .route("/cluster", get(cluster_status))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
         // Bodies past the limit are refused with 413 without being read.
         .layer(DefaultBodyLimit::max(body_limit))
@@ -125,11 +134,32 @@ async fn delete_key(
     })
 }
 
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(&st.cluster),
+    )
+        .into_response()
+}
+
 #[derive(Serialize)]
 struct ClusterView {
     replicas: usize,
     vnodes: usize,
     nodes: Vec<NodeView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    near_cache: Option<NearView>,
+}
+
+#[derive(Serialize)]
+struct NearView {
+    items: u64,
+    bytes: u64,
+    hits: u64,
+    misses: u64,
 }
 
 #[derive(Serialize)]
@@ -175,9 +205,19 @@ async fn cluster_status(State(st): State<AppState>) -> Json<ClusterView> {
             }
         })
         .collect();
+    let near_cache = st.cluster.near_cache().map(|n| {
+        let (items, bytes, hits, misses) = n.stats();
+        NearView {
+            items,
+            bytes,
+            hits,
+            misses,
+        }
+    });
     Json(ClusterView {
         replicas: st.cluster.replicas(),
         vnodes: st.vnodes,
         nodes,
+        near_cache,
     })
 }

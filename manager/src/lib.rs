@@ -5,7 +5,9 @@
 //! - [`client`]: the one interface through which requests reach a node.
 //! - [`cluster`]: node states and routing of reads and writes to replicas.
 //! - [`membership`]: per-node `Subscribe` streams, health and rejoin.
-//! - [`http`], [`query`], [`error`]: the HTTP API.
+//! - [`near_cache`]: optional hot values in the manager, kept coherent by
+//!   the nodes' invalidation events.
+//! - [`http`], [`query`], [`error`]: the HTTP API; [`metrics`]: `/metrics`.
 //! - [`embedded`]: the in-process cluster used when no nodes are given.
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
 
@@ -16,6 +18,8 @@ pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod membership;
+pub mod metrics;
+pub mod near_cache;
 pub mod query;
 pub mod ring;
 pub mod server;

@@ -75,6 +75,7 @@ async fn session(
     let previous = node.info().instance_id;
     admit(node, previous.as_deref(), &instance).await?;
     record(node, &first);
+    listener.on_event(index, &first);
     let mut last_seq = first.seq;
     loop {
         let ev = tokio::select! {

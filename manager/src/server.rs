@@ -15,6 +15,8 @@ use crate::config::{node_uri, ManagerOptions};
 use crate::embedded::Embedded;
 use crate::http::{self, AppState};
 use crate::membership::{self, EventListener, NoListener};
+use crate::metrics::Metrics;
+use crate::near_cache::NearCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -81,12 +83,16 @@ async fn run(
             opts.node_timeout,
         )?)));
     }
-    let cluster = Arc::new(Cluster::new(
-        nodes,
-        opts.vnodes,
-        opts.replicas_for(addrs.len()),
-    ));
-    let listener_events: Arc<dyn EventListener> = Arc::new(NoListener);
+    let mut cluster = Cluster::new(nodes, opts.vnodes, opts.replicas_for(addrs.len()));
+    let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
+        Some(size) => {
+            let near = Arc::new(NearCache::new(size, addrs.len()));
+            cluster = cluster.with_near_cache(near.clone());
+            near
+        }
+        None => Arc::new(NoListener),
+    };
+    let cluster = Arc::new(cluster);
     for (i, node) in cluster.nodes().iter().enumerate() {
         tokio::spawn(membership::watch(
             i,
@@ -98,6 +104,7 @@ async fn run(
     }
     let app = http::router(AppState {
         cluster: cluster.clone(),
+        metrics: Arc::new(Metrics::default()),
         max_key_bytes: opts.max_key_bytes,
         max_value_bytes: opts.max_value_bytes,
         vnodes: opts.vnodes,

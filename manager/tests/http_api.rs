@@ -233,3 +233,35 @@ async fn shutdown_stops_the_manager_and_its_nodes() {
         .expect("manager stops within deadline");
     assert!(r.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_report_nodes() {
+    let m = start(&[]).await;
+    m.call("POST", "/?key=m&value=1").await;
+    m.call("GET", "/?key=m").await;
+    m.call("GET", "/?key=absent").await;
+    m.call("PUT", "/?key=m").await;
+    let (s, text) = m.call("GET", "/metrics").await;
+    assert_eq!(s, 200);
+    for line in [
+        "ringcache_http_requests_total{method=\"POST\",status=\"201\"} 1",
+        "ringcache_http_requests_total{method=\"GET\",status=\"200\"} 1",
+        "ringcache_http_requests_total{method=\"GET\",status=\"404\"} 1",
+        "ringcache_http_requests_total{method=\"other\",status=\"405\"} 1",
+        "ringcache_http_request_duration_seconds_count 4",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let up = text
+        .lines()
+        .filter(|l| l.starts_with("ringcache_node_up{") && l.ends_with(" 1"))
+        .count();
+    assert_eq!(up, 3, "{text}");
+    assert!(text.contains("# TYPE ringcache_node_evictions_total counter"));
+    // The status paths are not counted as key requests.
+    let (_, again) = m.call("GET", "/metrics").await;
+    assert!(again.contains("ringcache_http_request_duration_seconds_count 4"));
+}

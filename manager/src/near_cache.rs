@@ -1,0 +1,315 @@
+//! The manager's optional near cache: hot values kept in the manager's own
+//! memory, invalidated by the data nodes' events.
+//!
+//! Staleness is bounded by event propagation, and a fill can never undo an
+//! invalidation: a value read from node `n` at node sequence `s` is only
+//! cached if this manager has not yet applied any event of `n` after `s`,
+//! checked under the same lock the invalidation takes. Any later change to
+//! the key then arrives as an event and removes it. When a node's stream
+//! breaks, has a gap or lags, everything it served is dropped and nothing
+//! from it is cached until a new stream starts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lru::LruCache;
+use ringcache_proto::pb;
+use tokio::time::Instant;
+
+use crate::membership::EventListener;
+
+/// Bytes charged per entry besides key and value.
+const ENTRY_OVERHEAD: u64 = 96;
+const SHARDS: usize = 16;
+/// `applied` value meaning "no live stream: do not cache from this node".
+const NO_STREAM: u64 = u64::MAX;
+
+struct Entry {
+    value: Bytes,
+    node: usize,
+    expires: Option<Instant>,
+}
+
+struct Shard {
+    lru: LruCache<Arc<str>, Entry, foldhash::fast::RandomState>,
+    used: u64,
+    limit: u64,
+}
+
+impl Shard {
+    fn remove(&mut self, key: &str) {
+        if let Some((k, e)) = self.lru.pop_entry(key) {
+            self.used -= size(&k, &e.value);
+        }
+    }
+}
+
+fn size(key: &str, value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A byte-bounded LRU of values read through this manager.
+pub struct NearCache {
+    shards: Box<[Mutex<Shard>]>,
+    /// Per node: sequence number of the last event applied, or `NO_STREAM`.
+    applied: Box<[AtomicU64]>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl NearCache {
+    pub fn new(capacity: u64, nodes: usize) -> Self {
+        let limit = (capacity / SHARDS as u64).max(1);
+        Self {
+            shards:
+                (0..SHARDS)
+                    .map(|_| {
+                        Mutex::new(Shard {
+                            lru: LruCache::unbounded_with_hasher(
+                                foldhash::fast::RandomState::default(),
+                            ),
+                            used: 0,
+                            limit,
+                        })
+                    })
+                    .collect(),
+            applied: (0..nodes).map(|_| AtomicU64::new(NO_STREAM)).collect(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let h = crate::ring::key_hash(key);
+        &self.shards[(h as usize) % SHARDS]
+    }
+
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        let mut shard = lock(self.shard(key));
+        let found = match shard.lru.get(key) {
+            Some(e) if e.expires.is_none_or(|t| t > Instant::now()) => Some(e.value.clone()),
+            Some(_) => {
+                shard.remove(key);
+                None
+            }
+            None => None,
+        };
+        drop(shard);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Caches `value`, read from `node` when its sequence was `seq`, unless
+    /// an event after `seq` has already been applied (it may have been the
+    /// invalidation of this very value).
+    pub fn fill(&self, key: &str, value: Bytes, node: usize, seq: u64, ttl: Option<Duration>) {
+        let entry_size = size(key, &value);
+        let mut shard = lock(self.shard(key));
+        if entry_size > shard.limit {
+            return;
+        }
+        let Some(applied) = self.applied.get(node) else {
+            return;
+        };
+        // Checked under the shard lock, which the invalidation also takes
+        // after raising `applied`: see the module docs.
+        if applied.load(Ordering::SeqCst) > seq {
+            return;
+        }
+        shard.remove(key);
+        shard.used += entry_size;
+        let expires = ttl.map(|t| Instant::now() + t);
+        shard.lru.put(
+            Arc::from(key),
+            Entry {
+                value,
+                node,
+                expires,
+            },
+        );
+        while shard.used > shard.limit {
+            let Some((k, e)) = shard.lru.pop_lru() else {
+                break;
+            };
+            shard.used -= size(&k, &e.value);
+        }
+    }
+
+    /// Drops `key` (after a write through this manager).
+    pub fn invalidate(&self, key: &str) {
+        lock(self.shard(key)).remove(key);
+    }
+
+    fn clear_node(&self, node: usize) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            let doomed: Vec<Arc<str>> = shard
+                .lru
+                .iter()
+                .filter(|(_, e)| e.node == node)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in doomed {
+                shard.remove(&k);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> (u64, u64, u64, u64) {
+        let (mut items, mut bytes) = (0, 0);
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            items += shard.lru.len() as u64;
+            bytes += shard.used;
+        }
+        (
+            items,
+            bytes,
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl EventListener for NearCache {
+    fn on_event(&self, node: usize, event: &pb::Event) {
+        let Some(applied) = self.applied.get(node) else {
+            return;
+        };
+        // Raise `applied` first, then remove under the lock: a concurrent
+        // fill either sees the new sequence and skips, or inserted before we
+        // take the lock and is removed here.
+        applied.store(event.seq, Ordering::SeqCst);
+        if let Some(pb::event::Kind::Invalidation(inv)) = &event.kind {
+            if inv.cause == pb::Cause::Flush as i32 {
+                self.clear_node(node);
+            } else {
+                // Another replica may have served the cached copy; any
+                // change to the key on any node drops it.
+                self.invalidate(&inv.key);
+            }
+        }
+    }
+
+    fn on_reset(&self, node: usize) {
+        if let Some(applied) = self.applied.get(node) {
+            applied.store(NO_STREAM, Ordering::SeqCst);
+        }
+        self.clear_node(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, kind: pb::event::Kind) -> pb::Event {
+        pb::Event {
+            seq,
+            node_id: "n".into(),
+            instance_id: "i".into(),
+            kind: Some(kind),
+        }
+    }
+
+    fn inval(seq: u64, key: &str, cause: pb::Cause) -> pb::Event {
+        ev(
+            seq,
+            pb::event::Kind::Invalidation(pb::Invalidation {
+                key: key.into(),
+                cause: cause as i32,
+            }),
+        )
+    }
+
+    fn status(seq: u64) -> pb::Event {
+        ev(seq, pb::event::Kind::Status(pb::Status { stats: None }))
+    }
+
+    fn v(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn nothing_is_cached_before_a_stream_starts() {
+        let c = NearCache::new(1 << 20, 2);
+        c.fill("k", v("v"), 0, 5, None);
+        assert_eq!(c.get("k"), None);
+        c.on_event(0, &status(5));
+        c.fill("k", v("v"), 0, 5, None);
+        assert_eq!(c.get("k"), Some(v("v")));
+    }
+
+    #[test]
+    fn an_invalidation_removes_the_key() {
+        let c = NearCache::new(1 << 20, 2);
+        c.on_event(1, &status(10));
+        c.fill("k", v("old"), 1, 10, None);
+        c.on_event(1, &inval(11, "k", pb::Cause::Set));
+        assert_eq!(c.get("k"), None);
+    }
+
+    #[test]
+    fn a_fill_older_than_an_applied_event_is_refused() {
+        let c = NearCache::new(1 << 20, 1);
+        c.on_event(0, &status(10));
+        // The read happened at seq 10; the invalidation (seq 11) was applied
+        // before the read's answer came back.
+        c.on_event(0, &inval(11, "k", pb::Cause::Delete));
+        c.fill("k", v("stale"), 0, 10, None);
+        assert_eq!(c.get("k"), None);
+        c.fill("k", v("fresh"), 0, 11, None);
+        assert_eq!(c.get("k"), Some(v("fresh")));
+    }
+
+    #[test]
+    fn a_gap_or_lag_drops_everything_that_node_served() {
+        let c = NearCache::new(1 << 20, 2);
+        c.on_event(0, &status(1));
+        c.on_event(1, &status(1));
+        c.fill("a", v("1"), 0, 1, None);
+        c.fill("b", v("2"), 1, 1, None);
+        // Membership calls on_reset on a sequence gap, a Lagged event, or a
+        // broken stream.
+        c.on_reset(0);
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.get("b"), Some(v("2")));
+        // And nothing from node 0 is cached until its stream restarts.
+        c.fill("a", v("1"), 0, 1, None);
+        assert_eq!(c.get("a"), None);
+    }
+
+    #[test]
+    fn a_flush_event_clears_that_node() {
+        let c = NearCache::new(1 << 20, 2);
+        c.on_event(0, &status(1));
+        c.fill("a", v("1"), 0, 1, None);
+        c.on_event(0, &inval(2, "", pb::Cause::Flush));
+        assert_eq!(c.get("a"), None);
+    }
+
+    #[test]
+    fn bytes_are_bounded_and_ttl_honoured() {
+        let c = NearCache::new(16 * 200, 1);
+        c.on_event(0, &status(1));
+        for i in 0..1000 {
+            c.fill(&format!("k{i}"), v("xxxxxxxxxx"), 0, 1, None);
+        }
+        let (items, bytes, _, _) = c.stats();
+        assert!(bytes <= 16 * 200, "{bytes}");
+        assert!(items > 0 && items < 1000);
+        c.fill("t", v("x"), 0, 1, Some(Duration::ZERO));
+        assert_eq!(c.get("t"), None);
+    }
+}
