@@ -73,7 +73,15 @@ pub async fn serve(
         // Detect dead peers on idle connections.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(DataNodeServer::new(DataNodeService::new(node.clone())))
+        // The manager multiplexes its traffic on one Batch stream per node.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .add_service(
+            DataNodeServer::new(DataNodeService::new(node.clone()))
+                // A batch holds up to about 1 MiB of payload plus one value.
+                .max_decoding_message_size(opts.max_value_bytes.saturating_add(4 << 20))
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

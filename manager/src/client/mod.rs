@@ -1,6 +1,10 @@
 //! The manager's client of one data node: one long-lived tonic `Channel`
-//! (HTTP/2, multiplexed) reused by every request, and a deadline on every
-//! call. This is the only module that knows how requests travel to a node.
+//! (HTTP/2) reused by every request, and a deadline on every call. Key
+//! operations travel batched on one bidirectional stream ([`batch`]); flush,
+//! stats and subscribe are unary. This is the only module that knows how
+//! requests travel to a node.
+
+mod batch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,6 +14,11 @@ use bytes::Bytes;
 use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
+
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+/// Largest response accepted from a node.
+const MAX_MESSAGE: usize = 256 << 20;
 
 /// Why a call to a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +74,7 @@ pub struct Hit {
 pub struct NodeClient {
     addr: String,
     inner: DataNodeClient<Channel>,
+    batcher: batch::Batcher,
     timeout: Duration,
     epoch: Arc<AtomicU64>,
 }
@@ -83,10 +93,17 @@ impl NodeClient {
             // Find out about a silently dead connection even when idle.
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // One stream carries most of the traffic: give it room.
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW));
+        // A batch of reads may carry many large values.
+        let inner =
+            DataNodeClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_MESSAGE);
         Ok(Self {
             addr: addr.to_string(),
-            inner: DataNodeClient::new(endpoint.connect_lazy()),
+            batcher: batch::Batcher::start(inner.clone(), addr.to_string()),
+            inner,
             timeout,
             epoch: Arc::new(AtomicU64::new(0)),
         })
@@ -150,12 +167,40 @@ impl NodeClient {
         }
     }
 
+    /// Runs one key operation on the node's batch stream, bounded by the
+    /// deadline.
+    async fn op(&self, op: pb::op::Op) -> Result<pb::op_result::Result, CallError> {
+        match tokio::time::timeout(self.timeout, self.batcher.call(op)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => Err(CallError::Timeout {
+                node: self.addr.clone(),
+                timeout: self.timeout,
+            }),
+            Ok(Err(status)) => Err(CallError::Status {
+                node: self.addr.clone(),
+                status,
+            }),
+            Err(_) => Err(CallError::Timeout {
+                node: self.addr.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    fn unexpected(&self) -> CallError {
+        CallError::Status {
+            node: self.addr.clone(),
+            status: Status::internal("result of another kind than the request"),
+        }
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Hit>, CallError> {
-        let mut c = self.inner.clone();
-        let req = self.request(pb::GetRequest {
+        let op = pb::op::Op::Get(pb::GetRequest {
             key: key.to_string(),
         });
-        let r = self.call(c.get(req)).await?;
+        let pb::op_result::Result::Get(r) = self.op(op).await? else {
+            return Err(self.unexpected());
+        };
         Ok(r.found.then(|| Hit {
             value: r.value,
             seq: r.seq,
@@ -172,14 +217,18 @@ impl NodeClient {
     ) -> Result<bool, CallError> {
         let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
         self.fenced(|epoch| {
-            let mut c = self.inner.clone();
-            let req = self.request(pb::SetRequest {
+            let op = pb::op::Op::Set(pb::SetRequest {
                 key: key.to_string(),
                 value: value.clone(),
                 ttl_ms,
                 epoch,
             });
-            async move { Ok(self.call(c.set(req)).await?.replaced) }
+            async move {
+                match self.op(op).await? {
+                    pb::op_result::Result::Set(r) => Ok(r.replaced),
+                    _ => Err(self.unexpected()),
+                }
+            }
         })
         .await
     }
@@ -187,12 +236,16 @@ impl NodeClient {
     /// Returns whether a live value was removed.
     pub async fn delete(&self, key: &str) -> Result<bool, CallError> {
         self.fenced(|epoch| {
-            let mut c = self.inner.clone();
-            let req = self.request(pb::DeleteRequest {
+            let op = pb::op::Op::Delete(pb::DeleteRequest {
                 key: key.to_string(),
                 epoch,
             });
-            async move { Ok(self.call(c.delete(req)).await?.deleted) }
+            async move {
+                match self.op(op).await? {
+                    pb::op_result::Result::Delete(r) => Ok(r.deleted),
+                    _ => Err(self.unexpected()),
+                }
+            }
         })
         .await
     }

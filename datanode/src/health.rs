@@ -1,0 +1,139 @@
+//! `datanode --health-check [URL]`: asks a running data node over
+//! `grpc.health.v1` whether it is serving, and exits 0 or 1. Container
+//! health checks use it: a `FROM scratch` image has no shell, curl or
+//! grpc_health_probe, only this binary.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Name of the flag (and of its clap argument id).
+pub const FLAG: &str = "health-check";
+/// The service whose status is asked for.
+pub const SERVICE: &str = "ringcache.v1.DataNode";
+/// Longest a check may take, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `--health-check [URL]` flag, to add to the node's command line.
+pub fn arg() -> clap::Arg {
+    clap::Arg::new(FLAG)
+        .long(FLAG)
+        .value_name("URL")
+        .num_args(0..=1)
+        .default_missing_value("")
+        .help(
+            "Check that the data node at URL (default: this node's --listen port \
+             on loopback) is serving over grpc.health.v1, then exit 0 if it is, 1 if not",
+        )
+}
+
+/// Where a node listening on `listen` is reached from its own host.
+pub fn local_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+/// The URL to check when `--health-check` was given, `None` otherwise.
+pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<String> {
+    let url = matches.get_one::<String>(FLAG)?;
+    Some(if url.is_empty() {
+        local_url(listen)
+    } else {
+        url.clone()
+    })
+}
+
+/// Asks the node at `url` (`http://host:port`) for the status of
+/// [`SERVICE`]; `Ok` only when it is `SERVING`.
+pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let call = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {}", chain(&e)))?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: SERVICE.to_string(),
+            })
+            .await
+            .map_err(|s| format!("health check at {url} failed: {s}"))?
+            .into_inner()
+            .status();
+        match status {
+            ServingStatus::Serving => Ok(()),
+            other => Err(format!("{SERVICE} at {url} is {}", other.as_str_name())),
+        }
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("no answer from {url} within {timeout:?}"))?
+}
+
+/// Runs the check and reports it the way container health checks read it.
+pub async fn run(url: &str) -> ExitCode {
+    match check(url, TIMEOUT).await {
+        Ok(()) => {
+            println!("{SERVICE} at {url} is SERVING");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated (transport errors alone say
+/// little).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_listen_addresses_are_checked_on_loopback() {
+        assert_eq!(
+            local_url("0.0.0.0:50051".parse().unwrap()),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(local_url("[::]:7".parse().unwrap()), "http://[::1]:7");
+        assert_eq!(
+            local_url("10.1.2.3:9".parse().unwrap()),
+            "http://10.1.2.3:9"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unhealthy() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let err = check(&local_url(addr), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(err.contains("cannot connect"), "{err}");
+    }
+}
