@@ -63,6 +63,11 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Shared secret: every DataNode call must carry `authorization: Bearer
+    /// <token>`. Health and reflection stay open.
+    #[arg(long, env = "DATANODE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
     /// Events kept per subscriber before it is told it lagged.
     #[arg(long, env = "DATANODE_EVENT_BUFFER", default_value_t = 65536)]
     pub event_buffer: usize,
@@ -81,6 +86,7 @@ impl Default for NodeOptions {
             heartbeat_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            auth_token: None,
             event_buffer: 65536,
         }
     }

@@ -8,6 +8,7 @@
 //! - [`service`]: the gRPC service; [`error`] maps errors to statuses.
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
 
+pub mod auth;
 pub mod config;
 mod convert;
 pub mod error;

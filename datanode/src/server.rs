@@ -9,8 +9,10 @@ use ringcache_proto::pb::data_node_server::DataNodeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use crate::auth::RequireToken;
 use crate::config::NodeOptions;
 use crate::node::Node;
 use crate::service::DataNodeService;
@@ -44,16 +46,20 @@ pub async fn serve(
         instance = %node.instance_id(),
         %addr,
         max_memory = opts.max_memory,
+        auth = opts.auth_token.is_some(),
         "data node serving gRPC"
     );
     spawn_background(&node, &opts);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        // So that grpcurl can list and call grpc.health.v1.Health too.
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     // grpcurl builds that are still widely installed only speak v1alpha.
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -76,12 +82,13 @@ pub async fn serve(
         // The manager multiplexes its traffic on one Batch stream per node.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
-        .add_service(
+        .add_service(InterceptedService::new(
             DataNodeServer::new(DataNodeService::new(node.clone()))
                 // A batch holds up to about 1 MiB of payload plus one value.
                 .max_decoding_message_size(opts.max_value_bytes.saturating_add(4 << 20))
                 .max_encoding_message_size(usize::MAX),
-        )
+            RequireToken::new(opts.auth_token.clone()),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -12,6 +12,7 @@ use tonic::Code;
 
 struct Node {
     client: DataNodeClient<Channel>,
+    channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ringcache_datanode::ServeError>>,
 }
@@ -23,11 +24,14 @@ async fn start(opts: NodeOptions) -> Node {
     let task = tokio::spawn(serve(listener, opts, async {
         let _ = rx.await;
     }));
-    let client = DataNodeClient::connect(format!("http://{addr}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
     Node {
-        client,
+        client: DataNodeClient::new(channel.clone()),
+        channel,
         stop: Some(tx),
         task,
     }
@@ -264,4 +268,32 @@ async fn shutdown_ends_subscriptions_and_returns() {
     .await
     .expect("stream ends");
     let _ = end;
+}
+
+#[tokio::test]
+async fn with_a_token_calls_need_it_but_health_stays_open() {
+    let mut n = start(NodeOptions {
+        auth_token: Some("s3cret".into()),
+        ..small()
+    })
+    .await;
+    let e = n.client.stats(pb::StatsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::StatsRequest {});
+    req.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(n.client.stats(req).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::StatsRequest {});
+    req.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+    assert!(n.client.stats(req).await.is_ok());
+    // Health checks need no token.
+    let channel = n.channel.clone();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ringcache.v1.DataNode".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 }

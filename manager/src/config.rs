@@ -56,6 +56,20 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_NEAR_CACHE", value_parser = parse_size)]
     pub near_cache: Option<u64>,
 
+    /// Shared secret: HTTP requests need `Authorization: Bearer <token>`
+    /// (`/healthz` stays open), and the manager sends it to the data nodes.
+    #[arg(long, env = "MANAGER_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Requests handled at once; beyond it requests get an immediate 503
+    /// instead of queueing without bound.
+    #[arg(long, env = "MANAGER_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+
+    /// Time in-flight requests get to finish at shutdown (SIGTERM/SIGINT).
+    #[arg(long, env = "MANAGER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Longest key accepted, in bytes.
     #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_datanode::config::DEFAULT_MAX_KEY_BYTES)]
     pub max_key_bytes: usize,

@@ -3,6 +3,8 @@
 //! command gives a working cache (and grpcurl still reaches every node).
 
 use ringcache_datanode::NodeOptions;
+
+use crate::config::ManagerOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,13 +16,11 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// Starts `count` data nodes on 127.0.0.1 ports chosen by the system;
-    /// they stop when `shutdown` is cancelled.
-    pub async fn start(
-        count: usize,
-        max_memory: u64,
-        shutdown: &CancellationToken,
-    ) -> std::io::Result<Self> {
+    /// Starts `--embedded-nodes` data nodes on 127.0.0.1 ports chosen by the
+    /// system, with the manager's limits and token; they stop when
+    /// `shutdown` is cancelled.
+    pub async fn start(opts: &ManagerOptions, shutdown: &CancellationToken) -> std::io::Result<Self> {
+        let count = opts.embedded_nodes;
         let mut addrs = Vec::with_capacity(count);
         let mut tasks = Vec::with_capacity(count);
         for i in 0..count {
@@ -29,7 +29,10 @@ impl Embedded {
             let opts = NodeOptions {
                 listen: addr,
                 id: Some(format!("embedded-{}", i + 1)),
-                max_memory,
+                max_memory: opts.embedded_max_memory,
+                max_key_bytes: opts.max_key_bytes,
+                max_value_bytes: usize::try_from(opts.max_value_bytes).unwrap_or(usize::MAX),
+                auth_token: opts.auth_token.clone(),
                 ..NodeOptions::default()
             };
             tracing::info!(node = i + 1, %addr, "embedded data node (grpcurl -plaintext {addr} list)");

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use axum::middleware::Next;
+use axum::BoxError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tower::ServiceBuilder;
 use tracing::instrument;
 
 use crate::cluster::{Cluster, NodeState};
@@ -26,6 +30,9 @@ pub struct AppState {
     pub max_key_bytes: usize,
     pub max_value_bytes: u64,
     pub vnodes: usize,
+    /// Required bearer token, if any.
+    pub auth_token: Option<Arc<str>>,
+    pub max_concurrent_requests: usize,
 }
 
 /// The manager's routes.
@@ -37,14 +44,52 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track,
         ));
+    let overload = ServiceBuilder::new()
+        // Over the limit a request is refused at once with 503, so overload
+        // costs neither memory nor queueing delay.
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            let mut r = (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n").into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }))
+        .load_shed()
+        .concurrency_limit(state.max_concurrent_requests.max(1));
     Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        // Liveness for orchestrators: open even when a token is required.
+        .route("/healthz", get(healthz))
         // Bodies past the limit are refused with 413 without being read.
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(overload)
         .with_state(state)
+}
+
+/// Refuses requests without the bearer token (when one is configured).
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.auth_token {
+        let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if !ringcache_datanode::auth::bearer_matches(given, token) {
+            let mut r = (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// 200 when at least one data node is readable, else 503.
+async fn healthz(State(st): State<AppState>) -> Response {
+    if st.cluster.nodes().iter().any(|n| n.readable()) {
+        text(StatusCode::OK, "ok\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no data node is up\n")
+    }
 }
 
 impl AppState {

@@ -43,7 +43,7 @@ pub async fn serve(
     let token = CancellationToken::new();
     let embedded = if opts.nodes.is_empty() {
         Some(
-            Embedded::start(opts.embedded_nodes, opts.embedded_max_memory, &token)
+            Embedded::start(&opts, &token)
                 .await
                 .map_err(ServeError::Embedded)?,
         )
@@ -81,6 +81,7 @@ async fn run(
         nodes.push(Arc::new(NodeHandle::new(NodeClient::new(
             a,
             opts.node_timeout,
+            opts.auth_token.as_deref(),
         )?)));
     }
     let mut cluster = Cluster::new(nodes, opts.vnodes, opts.replicas_for(addrs.len()));
@@ -108,6 +109,8 @@ async fn run(
         max_key_bytes: opts.max_key_bytes,
         max_value_bytes: opts.max_value_bytes,
         vnodes: opts.vnodes,
+        auth_token: opts.auth_token.clone().map(Arc::from),
+        max_concurrent_requests: opts.max_concurrent_requests,
     });
     let addr = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(), "manager serving HTTP");
@@ -118,13 +121,26 @@ async fn run(
         }
     });
     let stop = token.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => tracing::info!("manager shutting down"),
-                _ = stop.cancelled() => {}
-            }
-        })
-        .await
-        .map_err(ServeError::Http)
+    let stopping = CancellationToken::new();
+    let signalled = stopping.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => tracing::info!("manager shutting down"),
+            _ = stop.cancelled() => {}
+        }
+        signalled.cancel();
+    });
+    // In-flight requests get `shutdown_grace` to finish; then we stop anyway
+    // (a client holding a connection open must not keep us alive).
+    let grace = opts.shutdown_grace;
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(server) => r.map_err(ServeError::Http),
+        _ = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
 }

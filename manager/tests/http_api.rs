@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 struct Manager {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ringcache_manager::ServeError>>,
 }
@@ -25,9 +26,11 @@ async fn start(args: &[&str]) -> Manager {
     let task = tokio::spawn(serve(listener, opts, async {
         let _ = rx.await;
     }));
+    let token = args.iter().position(|a| *a == "--auth-token").map(|i| args[i + 1].to_string());
     let m = Manager {
         base,
         http: reqwest::Client::new(),
+        token,
         stop: Some(tx),
         task,
     };
@@ -44,6 +47,9 @@ impl Manager {
     ) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut r = self.http.request(method, format!("{}{pq}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
         if let Some(b) = body {
             r = r.body(b);
         }
@@ -264,4 +270,26 @@ async fn metrics_count_requests_and_report_nodes() {
     // The status paths are not counted as key requests.
     let (_, again) = m.call("GET", "/metrics").await;
     assert!(again.contains("ringcache_http_request_duration_seconds_count 4"));
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_configured() {
+    let m = start(&["--auth-token", "s3cret"]).await;
+    let url = |pq: &str| format!("{}{pq}", m.base);
+    // Without the token: 401 everywhere but /healthz.
+    for pq in ["/?key=k", "/cluster", "/metrics", "/nope"] {
+        let r = m.http.get(url(pq)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{pq}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    }
+    let r = m.http.post(url("/?key=k&value=v")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(m.http.get(url("/healthz")).send().await.unwrap().status(), 200);
+    // With it, the whole path works, including the manager's calls to its
+    // (token-protected) nodes.
+    let r = m.http.post(url("/?key=k&value=v")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = m.http.get(url("/?key=k")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "v");
 }

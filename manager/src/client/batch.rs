@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
+use ringcache_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use super::Grpc;
 
 /// Most operations in one batch.
 const MAX_OPS: usize = 128;
@@ -43,7 +44,7 @@ pub(super) struct Batcher {
 impl Batcher {
     /// Starts the stream task for `client`; it ends when every `Batcher`
     /// clone is dropped.
-    pub(super) fn start(client: DataNodeClient<Channel>, addr: String) -> Self {
+    pub(super) fn start(client: Grpc, addr: String) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(client, addr, rx));
         Self { tx }
@@ -70,7 +71,7 @@ fn op_size(op: &pb::op::Op) -> usize {
     }
 }
 
-async fn run(mut client: DataNodeClient<Channel>, addr: String, mut rx: mpsc::Receiver<Pending>) {
+async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>) {
     let mut backoff = RECONNECT_MIN;
     let mut next_id: u64 = 0;
     loop {

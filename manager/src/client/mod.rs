@@ -12,8 +12,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
+
+/// The generated client over the node's channel, adding the bearer token.
+type Grpc = DataNodeClient<InterceptedService<Channel, AddToken>>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone)]
+pub(crate) struct AddToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 8 << 20;
@@ -27,6 +45,8 @@ pub enum CallError {
     Timeout { node: String, timeout: Duration },
     #[error("node {node}: {status}")]
     Status { node: String, status: Status },
+    #[error("the auth token must be printable ASCII")]
+    BadToken,
     #[error("invalid node address {addr:?}: {source}")]
     Address {
         addr: String,
@@ -40,7 +60,7 @@ impl CallError {
     /// opposed to it refusing this particular request).
     pub fn is_node_failure(&self) -> bool {
         match self {
-            CallError::Timeout { .. } | CallError::Address { .. } => true,
+            CallError::Timeout { .. } | CallError::Address { .. } | CallError::BadToken => true,
             CallError::Status { status, .. } => !matches!(
                 status.code(),
                 Code::InvalidArgument
@@ -73,7 +93,7 @@ pub struct Hit {
 #[derive(Clone)]
 pub struct NodeClient {
     addr: String,
-    inner: DataNodeClient<Channel>,
+    inner: Grpc,
     batcher: batch::Batcher,
     timeout: Duration,
     epoch: Arc<AtomicU64>,
@@ -81,8 +101,13 @@ pub struct NodeClient {
 
 impl NodeClient {
     /// A client that connects lazily (and reconnects) to `addr`, such as
-    /// `http://127.0.0.1:50051`, giving each call `timeout` to complete.
-    pub fn new(addr: &str, timeout: Duration) -> Result<Self, CallError> {
+    /// `http://127.0.0.1:50051`, giving each call `timeout` to complete and
+    /// sending `token` (if any) with each.
+    pub fn new(addr: &str, timeout: Duration, token: Option<&str>) -> Result<Self, CallError> {
+        let token = token
+            .map(|t| ringcache_datanode::auth::bearer(t).parse::<MetadataValue<Ascii>>())
+            .transpose()
+            .map_err(|_| CallError::BadToken)?;
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|source| CallError::Address {
                 addr: addr.to_string(),
@@ -99,7 +124,8 @@ impl NodeClient {
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         // A batch of reads may carry many large values.
         let inner =
-            DataNodeClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_MESSAGE);
+            DataNodeClient::with_interceptor(endpoint.connect_lazy(), AddToken(token))
+                .max_decoding_message_size(MAX_MESSAGE);
         Ok(Self {
             addr: addr.to_string(),
             batcher: batch::Batcher::start(inner.clone(), addr.to_string()),

@@ -1,0 +1,68 @@
+//! Shared-secret authentication: `authorization: Bearer <token>` on every
+//! gRPC call (and, in the manager, every HTTP request). Tokens are compared
+//! in constant time and never logged.
+
+use tonic::{Request, Status};
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether an `authorization` header value carries `token`.
+pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
+    header
+        .and_then(|h| h.strip_prefix(b"Bearer "))
+        .is_some_and(|given| constant_time_eq(given, token.as_bytes()))
+}
+
+/// The `authorization` header value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A tonic interceptor that refuses calls without the token.
+#[derive(Clone)]
+pub struct RequireToken {
+    token: Option<String>,
+}
+
+impl RequireToken {
+    /// `None` lets every call through.
+    pub fn new(token: Option<String>) -> Self {
+        Self { token }
+    }
+}
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(req);
+        };
+        let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+        if bearer_matches(header, token) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("missing or wrong bearer token"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        assert!(bearer_matches(Some(b"Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some(b"Bearer s3cret2"), "s3cret"));
+        assert!(!bearer_matches(Some(b"Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(Some(b"bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some(b"s3cret"), "s3cret"));
+        assert!(!bearer_matches(None, "s3cret"));
+        assert_eq!(bearer("t"), "Bearer t");
+    }
+}
