@@ -142,4 +142,38 @@ mod tests {
             let _ = parse(s);
         }
     }
+
+    mod fuzz {
+        //! Property tests: the parser never panics, and any key survives a
+        //! round trip through percent-encoding.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn encode(s: &str) -> String {
+            s.bytes().map(|b| format!("%{b:02X}")).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn never_panics(q in ".{0,200}") {
+                let _ = parse(&q);
+            }
+
+            #[test]
+            fn never_panics_on_query_like_input(q in "[a-z=&%+0-9A-F\\x80-\\xff]{0,100}") {
+                let _ = parse(&q);
+            }
+
+            #[test]
+            fn any_key_round_trips(key in "\\PC{1,60}", value in proptest::collection::vec(any::<u8>(), 0..100)) {
+                let value_enc: String = value.iter().map(|b| format!("%{b:02X}")).collect();
+                let q = parse(&format!("key={}&value={value_enc}&ttl=5", encode(&key))).unwrap();
+                prop_assert_eq!(q.key.as_deref(), Some(key.as_str()));
+                prop_assert_eq!(q.value.as_deref(), Some(value.as_slice()));
+                prop_assert_eq!(q.ttl.as_deref(), Some("5"));
+            }
+        }
+    }
 }
