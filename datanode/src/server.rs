@@ -8,8 +8,8 @@ use std::time::Duration;
 use ringcache_proto::pb::data_node_server::DataNodeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::auth::RequireToken;

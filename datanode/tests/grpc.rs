@@ -280,10 +280,15 @@ async fn with_a_token_calls_need_it_but_health_stays_open() {
     let e = n.client.stats(pb::StatsRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut req = tonic::Request::new(pb::StatsRequest {});
-    req.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
-    assert_eq!(n.client.stats(req).await.unwrap_err().code(), Code::Unauthenticated);
+    req.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        n.client.stats(req).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     let mut req = tonic::Request::new(pb::StatsRequest {});
-    req.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
     assert!(n.client.stats(req).await.is_ok());
     // Health checks need no token.
     let channel = n.channel.clone();
@@ -295,5 +300,8 @@ async fn with_a_token_calls_need_it_but_health_stays_open() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

@@ -19,7 +19,10 @@ impl Embedded {
     /// Starts `--embedded-nodes` data nodes on 127.0.0.1 ports chosen by the
     /// system, with the manager's limits and token; they stop when
     /// `shutdown` is cancelled.
-    pub async fn start(opts: &ManagerOptions, shutdown: &CancellationToken) -> std::io::Result<Self> {
+    pub async fn start(
+        opts: &ManagerOptions,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<Self> {
         let count = opts.embedded_nodes;
         let mut addrs = Vec::with_capacity(count);
         let mut tasks = Vec::with_capacity(count);

@@ -7,11 +7,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
-use axum::middleware::Next;
-use axum::BoxError;
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::BoxError;
 use axum::{Json, Router};
 use serde::Serialize;
 use tower::ServiceBuilder;
@@ -48,7 +48,8 @@ pub fn router(state: AppState) -> Router {
         // Over the limit a request is refused at once with 503, so overload
         // costs neither memory nor queueing delay.
         .layer(HandleErrorLayer::new(|_: BoxError| async {
-            let mut r = (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n").into_response();
+            let mut r =
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n").into_response();
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             r
@@ -60,7 +61,10 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster", get(cluster_status))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         // Liveness for orchestrators: open even when a token is required.
         .route("/healthz", get(healthz))
         // Bodies past the limit are refused with 413 without being read.
@@ -72,11 +76,17 @@ pub fn router(state: AppState) -> Router {
 /// Refuses requests without the bearer token (when one is configured).
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.auth_token {
-        let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
         if !ringcache_datanode::auth::bearer_matches(given, token) {
-            let mut r = (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut r =
+                (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return r;
         }
     }

@@ -26,7 +26,10 @@ async fn start(args: &[&str]) -> Manager {
     let task = tokio::spawn(serve(listener, opts, async {
         let _ = rx.await;
     }));
-    let token = args.iter().position(|a| *a == "--auth-token").map(|i| args[i + 1].to_string());
+    let token = args
+        .iter()
+        .position(|a| *a == "--auth-token")
+        .map(|i| args[i + 1].to_string());
     let m = Manager {
         base,
         http: reqwest::Client::new(),
@@ -282,14 +285,35 @@ async fn a_token_is_required_when_configured() {
         assert_eq!(r.status(), 401, "{pq}");
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
     }
-    let r = m.http.post(url("/?key=k&value=v")).bearer_auth("wrong").send().await.unwrap();
+    let r = m
+        .http
+        .post(url("/?key=k&value=v"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(m.http.get(url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        m.http.get(url("/healthz")).send().await.unwrap().status(),
+        200
+    );
     // With it, the whole path works, including the manager's calls to its
     // (token-protected) nodes.
-    let r = m.http.post(url("/?key=k&value=v")).bearer_auth("s3cret").send().await.unwrap();
+    let r = m
+        .http
+        .post(url("/?key=k&value=v"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let r = m.http.get(url("/?key=k")).bearer_auth("s3cret").send().await.unwrap();
+    let r = m
+        .http
+        .get(url("/?key=k"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "v");
 }

@@ -123,9 +123,8 @@ impl NodeClient {
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         // A batch of reads may carry many large values.
-        let inner =
-            DataNodeClient::with_interceptor(endpoint.connect_lazy(), AddToken(token))
-                .max_decoding_message_size(MAX_MESSAGE);
+        let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), AddToken(token))
+            .max_decoding_message_size(MAX_MESSAGE);
         Ok(Self {
             addr: addr.to_string(),
             batcher: batch::Batcher::start(inner.clone(), addr.to_string()),
