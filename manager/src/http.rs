@@ -127,7 +127,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
     (status, body).into_response()
 }
 
-#[instrument(skip_all, fields(key))]
+#[instrument(level = "debug", skip_all, fields(key))]
 async fn get_key(
     State(st): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -152,7 +152,7 @@ fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
     Ok((secs > 0).then(|| Duration::from_secs(secs)))
 }
 
-#[instrument(skip_all, fields(key, len))]
+#[instrument(level = "debug", skip_all, fields(key, len))]
 async fn set_key(
     State(st): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -175,7 +175,7 @@ async fn set_key(
     })
 }
 
-#[instrument(skip_all, fields(key))]
+#[instrument(level = "debug", skip_all, fields(key))]
 async fn delete_key(
     State(st): State<AppState>,
     RawQuery(raw): RawQuery,
