@@ -76,27 +76,63 @@ async fn session(
     admit(node, previous.as_deref(), &instance).await?;
     record(node, &first);
     listener.on_event(index, &first);
-    let mut last_seq = first.seq;
+    let mut seq = SequenceCheck::new(&first);
     loop {
         let ev = tokio::select! {
             _ = node.marked_down() => return Ok(()),
             ev = next_event(&mut stream, heartbeat_timeout) => ev?,
         };
-        if ev.instance_id != instance {
-            return Err(format!("node restarted as instance {}", ev.instance_id));
-        }
-        if ev.seq != last_seq + 1 {
-            tracing::warn!(node = %node.addr(), expected = last_seq + 1, got = ev.seq, "event sequence gap");
-            listener.on_reset(index);
-        }
-        last_seq = ev.seq;
-        if let Some(pb::event::Kind::Lagged(l)) = &ev.kind {
-            tracing::warn!(node = %node.addr(), missed = l.missed, "lagged behind node events");
-            listener.on_reset(index);
-        }
+        follow(&mut seq, index, &ev, listener).map_err(|e| format!("{} ({})", e, node.addr()))?;
         record(node, &ev);
-        listener.on_event(index, &ev);
     }
+}
+
+/// Follows one subscription's sequence numbers.
+pub(crate) struct SequenceCheck {
+    instance: String,
+    last: u64,
+}
+
+impl SequenceCheck {
+    /// Starts after the subscription's first event.
+    pub(crate) fn new(first: &pb::Event) -> Self {
+        Self {
+            instance: first.instance_id.clone(),
+            last: first.seq,
+        }
+    }
+}
+
+/// Passes one event to `listener`, first telling it to forget what it
+/// learned from the node if the event shows that events were lost: a gap in
+/// the sequence, or a `Lagged` notice. A different instance id ends the
+/// subscription (the node restarted and must be readmitted).
+pub(crate) fn follow(
+    seq: &mut SequenceCheck,
+    index: usize,
+    ev: &pb::Event,
+    listener: &dyn EventListener,
+) -> Result<(), String> {
+    if ev.instance_id != seq.instance {
+        listener.on_reset(index);
+        return Err(format!("node restarted as instance {}", ev.instance_id));
+    }
+    if ev.seq != seq.last + 1 {
+        tracing::warn!(
+            node = index,
+            expected = seq.last + 1,
+            got = ev.seq,
+            "event sequence gap"
+        );
+        listener.on_reset(index);
+    }
+    if let Some(pb::event::Kind::Lagged(l)) = &ev.kind {
+        tracing::warn!(node = index, missed = l.missed, "lagged behind node events");
+        listener.on_reset(index);
+    }
+    seq.last = ev.seq;
+    listener.on_event(index, ev);
+    Ok(())
 }
 
 /// Makes the node readable. A node that was down, or that is a new instance
@@ -155,4 +191,90 @@ fn record(node: &NodeHandle, ev: &pb::Event) {
             info.stats = s.stats.clone();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::near_cache::NearCache;
+    use bytes::Bytes;
+
+    fn ev(seq: u64, instance: &str, kind: pb::event::Kind) -> pb::Event {
+        pb::Event {
+            seq,
+            node_id: "n".into(),
+            instance_id: instance.into(),
+            kind: Some(kind),
+        }
+    }
+
+    fn status(seq: u64) -> pb::Event {
+        ev(
+            seq,
+            "i1",
+            pb::event::Kind::Status(pb::Status { stats: None }),
+        )
+    }
+
+    fn set(seq: u64, key: &str) -> pb::Event {
+        ev(
+            seq,
+            "i1",
+            pb::event::Kind::Invalidation(pb::Invalidation {
+                key: key.into(),
+                cause: pb::Cause::Set as i32,
+            }),
+        )
+    }
+
+    /// A near cache following node 0's stream, holding "a" from node 0 and
+    /// "b" from node 1.
+    fn primed() -> (NearCache, SequenceCheck) {
+        let near = NearCache::new(1 << 20, 2);
+        let first = status(10);
+        near.on_event(0, &first);
+        near.on_event(1, &status(1));
+        near.fill("a", Bytes::from_static(b"1"), 0, 10, None);
+        near.fill("b", Bytes::from_static(b"2"), 1, 1, None);
+        (near, SequenceCheck::new(&first))
+    }
+
+    #[test]
+    fn consecutive_events_keep_the_near_cache() {
+        let (near, mut seq) = primed();
+        follow(&mut seq, 0, &status(11), &near).unwrap();
+        follow(&mut seq, 0, &set(12, "other"), &near).unwrap();
+        assert!(near.get("a").is_some());
+    }
+
+    #[test]
+    fn a_gap_drops_what_that_node_served() {
+        let (near, mut seq) = primed();
+        // Event 11 never arrived.
+        follow(&mut seq, 0, &status(12), &near).unwrap();
+        assert!(near.get("a").is_none());
+        assert!(near.get("b").is_some(), "other nodes' entries stay");
+    }
+
+    #[test]
+    fn a_lag_notice_drops_what_that_node_served() {
+        let (near, mut seq) = primed();
+        let lagged = ev(14, "i1", pb::event::Kind::Lagged(pb::Lagged { missed: 4 }));
+        // The lag notice carries the number of the last missed event, so it
+        // is no gap by itself; the notice is what resets.
+        follow(&mut seq, 0, &lagged, &near).unwrap();
+        assert!(near.get("a").is_none());
+        // After the notice the stream goes on from the next number.
+        near.fill("a", Bytes::from_static(b"1"), 0, 14, None);
+        follow(&mut seq, 0, &status(15), &near).unwrap();
+        assert!(near.get("a").is_some());
+    }
+
+    #[test]
+    fn a_new_instance_ends_the_subscription_and_resets() {
+        let (near, mut seq) = primed();
+        let restarted = ev(1, "i2", pb::event::Kind::Status(pb::Status { stats: None }));
+        assert!(follow(&mut seq, 0, &restarted, &near).is_err());
+        assert!(near.get("a").is_none());
+    }
 }

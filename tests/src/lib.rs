@@ -253,6 +253,7 @@ pub struct Api {
 pub struct Reply {
     pub status: u16,
     pub body: bytes::Bytes,
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -275,8 +276,14 @@ impl Api {
     async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
         let resp = req.send().await.expect("manager answers");
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Reply {
             status,
+            retry_after,
             body: resp.bytes().await.expect("response body"),
         }
     }

@@ -201,3 +201,34 @@ async fn sigterm_stops_both_binaries_cleanly() {
         assert!(status.success(), "{} exit: {status}", n.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_replica_gone_requests_get_503_with_retry_after_in_time() {
+    let mut c = cluster().await;
+    assert_eq!(c.api.set("k", "v").await.status, 201);
+    // Stopped, not killed: the worst case, where calls hang until their
+    // deadline instead of failing fast.
+    for n in &c.nodes {
+        n.signal(libc::SIGSTOP);
+    }
+    for (i, op) in ["get", "set", "delete"].iter().enumerate() {
+        let t = Instant::now();
+        let r = match i {
+            0 => c.api.get("k").await,
+            1 => c.api.set("k", "w").await,
+            _ => c.api.delete("k").await,
+        };
+        let took = t.elapsed();
+        assert_eq!(r.status, 503, "{op}: {r:?}");
+        assert_eq!(r.retry_after.as_deref(), Some("1"), "{op}");
+        assert!(took < REQUEST_BOUND, "{op} took {took:?}");
+    }
+    for n in &mut c.nodes {
+        n.signal(libc::SIGCONT);
+    }
+    c.api.await_all_up().await;
+    // The node missed nothing acknowledged, but was flushed on its return:
+    // the key reads as absent or as its last value, never anything else.
+    let r = c.api.get("k").await;
+    assert!(r.status == 404 || r.text() == "v", "{r:?}");
+}
