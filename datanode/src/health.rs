@@ -101,9 +101,15 @@ pub async fn run(url: &str) -> ExitCode {
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
+    let mut last = s.clone();
     while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let text = cause.to_string();
+        // Wrappers often repeat their source's message.
+        if text != last {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        last = text;
         source = cause.source();
     }
     s

@@ -13,6 +13,7 @@ pub mod config;
 mod convert;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod node;
 pub mod server;
 pub mod service;

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod membership;
 pub mod metrics;
