@@ -22,8 +22,8 @@ use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::query;
 
-/// What the handlers share.
-#[derive(Clone)]
+/// What the handlers share (behind one `Arc`: axum clones the state for
+/// every request).
 pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
@@ -37,6 +37,7 @@ pub struct AppState {
 
 /// The manager's routes.
 pub fn router(state: AppState) -> Router {
+    let state = Arc::new(state);
     let body_limit = usize::try_from(state.max_value_bytes).unwrap_or(usize::MAX);
     let keys = Router::new()
         .route("/", get(get_key).post(set_key).delete(delete_key))
@@ -56,15 +57,17 @@ pub fn router(state: AppState) -> Router {
         }))
         .load_shed()
         .concurrency_limit(state.max_concurrent_requests.max(1));
-    Router::new()
+    let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))
         .route("/metrics", get(metrics_text))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") });
+    // Without a token there is no layer at all, rather than one that checks
+    // for nothing on every request.
+    if let Some(token) = state.auth_token.clone() {
+        routes = routes.layer(axum::middleware::from_fn_with_state(token, require_token));
+    }
+    routes
         // Liveness for orchestrators: open even when a token is required.
         .route("/healthz", get(healthz))
         // Bodies past the limit are refused with 413 without being read.
@@ -73,28 +76,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses requests without the bearer token (when one is configured).
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.auth_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if !ringcache_datanode::auth::bearer_matches(given, token) {
-            let mut r =
-                (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
+/// Refuses requests without the bearer token.
+async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if !ringcache_datanode::auth::bearer_matches(given, &token) {
+        let mut r = (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
     }
     next.run(req).await
 }
 
 /// 200 when at least one data node is readable, else 503.
-async fn healthz(State(st): State<AppState>) -> Response {
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     if st.cluster.nodes().iter().any(|n| n.readable()) {
         text(StatusCode::OK, "ok\n")
     } else {
@@ -129,7 +129,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 
 #[instrument(level = "debug", skip_all, fields(key))]
 async fn get_key(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (key, _) = st.key_query(raw)?;
@@ -154,7 +154,7 @@ fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
 
 #[instrument(level = "debug", skip_all, fields(key, len))]
 async fn set_key(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -177,7 +177,7 @@ async fn set_key(
 
 #[instrument(level = "debug", skip_all, fields(key))]
 async fn delete_key(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (key, _) = st.key_query(raw)?;
@@ -189,7 +189,7 @@ async fn delete_key(
     })
 }
 
-async fn metrics_text(State(st): State<AppState>) -> Response {
+async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -232,7 +232,7 @@ struct NodeView {
     ring_share: f64,
 }
 
-async fn cluster_status(State(st): State<AppState>) -> Json<ClusterView> {
+async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
     let shares = st.cluster.ring().shares();
     let nodes = st
         .cluster
