@@ -32,24 +32,32 @@ pub fn arg() -> clap::Arg {
         )
 }
 
-/// Where a node listening on `listen` is reached from its own host.
-pub fn local_url(listen: SocketAddr) -> String {
+/// `listen` as reached from its own host: an unspecified address
+/// (`0.0.0.0`, `::`) becomes loopback.
+pub fn loopback(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, listen.port()))
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Where a node listening on `listen` is reached from its own host.
+pub fn local_url(listen: SocketAddr) -> String {
+    format!("http://{}", loopback(listen))
+}
+
+/// The URL given to `--health-check`, `default` when the flag came without
+/// one, `None` when it is absent. Shared with the manager's check.
+pub fn requested_url(matches: &clap::ArgMatches, default: String) -> Option<String> {
+    let url = matches.get_one::<String>(FLAG)?;
+    Some(if url.is_empty() { default } else { url.clone() })
 }
 
 /// The URL to check when `--health-check` was given, `None` otherwise.
 pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<String> {
-    let url = matches.get_one::<String>(FLAG)?;
-    Some(if url.is_empty() {
-        local_url(listen)
-    } else {
-        url.clone()
-    })
+    requested_url(matches, local_url(listen))
 }
 
 /// Asks the node at `url` (`http://host:port`) for the status of

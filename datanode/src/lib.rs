@@ -15,11 +15,11 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod node;
+pub mod process;
 pub mod server;
 pub mod service;
-mod signal;
 pub mod store;
 
 pub use config::NodeOptions;
+pub use process::shutdown_signal;
 pub use server::{serve, ServeError};
-pub use signal::shutdown_signal;

@@ -112,35 +112,27 @@ pub async fn serve(
 }
 
 fn spawn_background(node: &Arc<Node>, opts: &NodeOptions) {
-    let token = node.shutdown_token().clone();
     let n = node.clone();
-    let every = opts.heartbeat_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = tick.tick() => n.publish_status(),
-            }
+    every(opts.heartbeat_interval, node, move || n.publish_status());
+    let store = node.store().clone();
+    every(opts.sweep_interval, node, move || {
+        let purged = store.purge_expired(SWEEP_BUDGET);
+        if purged > 0 {
+            tracing::debug!(purged, "expired entries freed");
         }
     });
+}
 
+/// Runs `f` every `period` until the node shuts down.
+fn every(period: Duration, node: &Node, mut f: impl FnMut() + Send + 'static) {
     let token = node.shutdown_token().clone();
-    let store = node.store().clone();
-    let every = opts.sweep_interval;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
-                _ = tick.tick() => {
-                    let purged = store.purge_expired(SWEEP_BUDGET);
-                    if purged > 0 {
-                        tracing::debug!(purged, "expired entries freed");
-                    }
-                }
+                _ = tick.tick() => f(),
             }
         }
     });

@@ -2,15 +2,15 @@
 //! exits 0 on a 2xx answer, 1 otherwise. Container health checks use it: a
 //! `FROM scratch` image has no shell or curl, only this binary.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Name of the flag (and of its clap argument id).
-pub const FLAG: &str = "health-check";
+/// Name of the flag (and of its clap argument id), as on the data node.
+pub use ringcache_datanode::health::FLAG;
 /// Longest a check may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -30,22 +30,15 @@ pub fn arg() -> clap::Arg {
 /// `/healthz` of a manager listening on `listen`, from its own host: open
 /// even when a token is required, 200 while a data node is readable.
 pub fn local_url(listen: SocketAddr) -> String {
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/healthz", SocketAddr::new(ip, listen.port()))
+    format!(
+        "http://{}/healthz",
+        ringcache_datanode::health::loopback(listen)
+    )
 }
 
 /// The URL to check when `--health-check` was given, `None` otherwise.
 pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<String> {
-    let url = matches.get_one::<String>(FLAG)?;
-    Some(if url.is_empty() {
-        local_url(listen)
-    } else {
-        url.clone()
-    })
+    ringcache_datanode::health::requested_url(matches, local_url(listen))
 }
 
 /// Splits `http://host:port/path` into `host:port` and `/path`.

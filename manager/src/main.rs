@@ -1,7 +1,6 @@
 use clap::{CommandFactory, FromArgMatches};
 use ringcache_datanode::shutdown_signal;
 use ringcache_manager::{health, serve, ManagerOptions};
-use tracing_subscriber::EnvFilter;
 
 // Request handling allocates small, short-lived buffers at a high rate;
 // mimalloc's per-thread free lists cut the allocator's share of CPU.
@@ -10,25 +9,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        // Colors only for people; log files and container logs stay plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    ringcache_datanode::process::init_logging();
     let matches = ManagerOptions::command().arg(health::arg()).get_matches();
     let opts = ManagerOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(url) = health::requested(&matches, opts.listen) {
         return health::run(&url).await;
     }
-    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %opts.listen, error = %e, "cannot listen");
-            return std::process::ExitCode::FAILURE;
-        }
+    let Some(listener) = ringcache_datanode::process::bind(opts.listen).await else {
+        return std::process::ExitCode::FAILURE;
     };
     match serve(listener, opts, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -170,46 +170,36 @@ impl NodeClient {
         req
     }
 
-    /// Runs `call` with the deadline; a hung node costs at most `timeout`.
-    async fn call<T, F>(&self, call: F) -> Result<T, CallError>
-    where
-        F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => Err(CallError::Timeout {
-                node: self.addr.clone(),
-                timeout: self.timeout,
-            }),
-            Ok(Err(status)) => Err(CallError::Status {
+    /// Runs `fut` with the deadline; a hung node costs at most `timeout`.
+    async fn deadline<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(status)) if status.code() != Code::DeadlineExceeded => Err(CallError::Status {
                 node: self.addr.clone(),
                 status,
             }),
-            Err(_) => Err(CallError::Timeout {
+            Ok(Err(_)) | Err(_) => Err(CallError::Timeout {
                 node: self.addr.clone(),
                 timeout: self.timeout,
             }),
         }
     }
 
-    /// Runs one key operation on the node's batch stream, bounded by the
-    /// deadline.
+    /// A unary call, bounded by the deadline.
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, CallError> {
+        self.deadline(async { call.await.map(tonic::Response::into_inner) })
+            .await
+    }
+
+    /// One key operation on the node's batch stream, bounded by the deadline.
     async fn op(&self, op: pb::op::Op) -> Result<pb::op_result::Result, CallError> {
-        match tokio::time::timeout(self.timeout, self.batcher.call(op)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => Err(CallError::Timeout {
-                node: self.addr.clone(),
-                timeout: self.timeout,
-            }),
-            Ok(Err(status)) => Err(CallError::Status {
-                node: self.addr.clone(),
-                status,
-            }),
-            Err(_) => Err(CallError::Timeout {
-                node: self.addr.clone(),
-                timeout: self.timeout,
-            }),
-        }
+        self.deadline(self.batcher.call(op)).await
     }
 
     fn unexpected(&self) -> CallError {
