@@ -9,6 +9,7 @@
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
 
 pub mod auth;
+mod compact_lru;
 pub mod config;
 mod convert;
 pub mod error;

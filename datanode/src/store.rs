@@ -1,6 +1,6 @@
-//! The in-memory store: shards of `lru::LruCache`, each behind its own
-//! mutex and chosen by a hash of the key, so concurrent requests for
-//! different keys rarely meet on a lock.
+//! The in-memory store: shards of a compact LRU map ([`CompactLru`]), each
+//! behind its own mutex and chosen by a hash of the key, so concurrent
+//! requests for different keys rarely meet on a lock.
 //!
 //! Capacity is counted in bytes (key + value + a fixed per-entry overhead,
 //! [`ENTRY_OVERHEAD`]) and optionally in entries; each shard holds an equal
@@ -12,22 +12,24 @@
 //! [`EventBus`] while the shard lock is held, so the events for one key are
 //! numbered in the order the changes happened.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use lru::LruCache;
 use tokio::time::Instant;
 
+use crate::compact_lru::{CompactLru, Item};
 use crate::events::{lock, Cause, EventBus, EventKind};
 
-/// Bytes charged per entry on top of its key and value: the LRU node (key
-/// pointer, value handle, expiry, list links), its hash-table slot, and the
-/// allocator headers of the key and value allocations. Measured with RSS over
-/// one million small entries; see the README's memory figures.
-pub const ENTRY_OVERHEAD: u64 = 128;
+/// Bytes charged per entry on top of its key and value, so that the limit
+/// tracks real memory: the entry's allocation header (reference counts,
+/// expiry, key length: 26 bytes) and the allocator's rounding, the 24-byte
+/// list node and the index slot (with their tables' spare capacity). RSS
+/// per item measured by `bench/run.sh` (1M items of 10 + 100 bytes) should
+/// stay at or below this.
+pub const ENTRY_OVERHEAD: u64 = 80;
 
 /// Sizes of a store.
 #[derive(Debug, Clone)]
@@ -100,6 +102,8 @@ struct Inner {
     /// checked by fenced writes under their shard lock, so a write is either
     /// ordered before a flush or refused.
     epoch: AtomicU64,
+    /// Expiry times are milliseconds since this instant (0: no expiry).
+    clock_start: Instant,
 }
 
 #[derive(Default)]
@@ -111,19 +115,10 @@ struct Counters {
     ops: AtomicU64,
 }
 
-/// Keys are shared between the LRU and the expiry index.
-type Key = Arc<str>;
-
-struct Entry {
-    value: Bytes,
-    /// Expiry time and a per-shard tiebreak, the entry's key in `expiries`.
-    expiry: Option<(Instant, u64)>,
-}
-
 struct Shard {
-    lru: LruCache<Key, Entry, foldhash::fast::RandomState>,
-    expiries: BTreeMap<(Instant, u64), Key>,
-    next_tiebreak: u64,
+    lru: CompactLru,
+    /// (expiry in store ms, slot) of every entry with a TTL.
+    expiries: BTreeSet<(u64, u32)>,
     used: u64,
     byte_limit: u64,
     item_limit: u64,
@@ -133,23 +128,33 @@ fn entry_size(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
 
-fn is_expired(entry: &Entry, now: Instant) -> bool {
-    matches!(entry.expiry, Some((at, _)) if at <= now)
+fn item_size(item: &Item) -> u64 {
+    item.key().len() as u64 + item.value().len() as u64 + ENTRY_OVERHEAD
+}
+
+fn is_expired(item: &Item, now_ms: u64) -> bool {
+    let at = item.expires();
+    at != 0 && at <= now_ms
+}
+
+/// Keys are stored as bytes but always come from `&str`.
+fn key_str(item: &Item) -> Arc<str> {
+    Arc::from(String::from_utf8_lossy(item.key()))
 }
 
 impl Shard {
-    /// Removes `key`'s entry and its expiry index slot; returns the entry.
-    fn remove(&mut self, key: &str) -> Option<(Key, Entry)> {
-        let (k, e) = self.lru.pop_entry(key)?;
-        self.forget(&k, &e);
-        Some((k, e))
+    /// Forgets the accounting and expiry slot of an entry just removed.
+    fn forget(&mut self, slot: u32, item: &Item) {
+        self.used -= item_size(item);
+        if item.expires() != 0 {
+            self.expiries.remove(&(item.expires(), slot));
+        }
     }
 
-    fn forget(&mut self, key: &str, entry: &Entry) {
-        self.used -= entry_size(key, &entry.value);
-        if let Some(slot) = entry.expiry {
-            self.expiries.remove(&slot);
-        }
+    fn remove(&mut self, key: &str) -> Option<Item> {
+        let (slot, item) = self.lru.remove(key.as_bytes())?;
+        self.forget(slot, &item);
+        Some(item)
     }
 }
 
@@ -168,9 +173,8 @@ impl Store {
         let shards = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
-                    lru: LruCache::unbounded_with_hasher(foldhash::fast::RandomState::default()),
-                    expiries: BTreeMap::new(),
-                    next_tiebreak: 0,
+                    lru: CompactLru::default(),
+                    expiries: BTreeSet::new(),
                     used: 0,
                     byte_limit,
                     item_limit,
@@ -185,6 +189,7 @@ impl Store {
                 max_items: config.max_items.unwrap_or(0),
                 counters: Counters::default(),
                 epoch: AtomicU64::new(1),
+                clock_start: Instant::now(),
             }),
         }
     }
@@ -202,10 +207,16 @@ impl Store {
         &self.inner.shards[i]
     }
 
-    fn publish(&self, key: Key, cause: Cause) -> u64 {
+    fn publish(&self, key: Arc<str>, cause: Cause) -> u64 {
         self.inner
             .events
             .publish(EventKind::Invalidation { key, cause })
+    }
+
+    /// Milliseconds on the store's clock, never 0.
+    fn now_ms(&self) -> u64 {
+        let since = Instant::now().saturating_duration_since(self.inner.clock_start);
+        since.as_millis() as u64 + 1
     }
 
     /// Looks `key` up and marks it most recently used. An expired entry is
@@ -213,18 +224,19 @@ impl Store {
     pub fn get(&self, key: &str) -> Option<Lookup> {
         let c = &self.inner.counters;
         c.ops.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut shard = lock(self.shard(key));
-        let found = match shard.lru.get(key) {
-            Some(e) if !is_expired(e, now) => Some(Lookup {
-                value: e.value.clone(),
-                ttl_remaining: e.expiry.map(|(at, _)| at - now),
+        let found = match shard.lru.get(key.as_bytes()) {
+            Some((_, item)) if !is_expired(item, now) => Some(Lookup {
+                value: item.value_bytes(),
+                ttl_remaining: (item.expires() != 0)
+                    .then(|| Duration::from_millis(item.expires() - now)),
                 seq: self.inner.events.last_seq(),
             }),
             Some(_) => {
-                if let Some((k, _)) = shard.remove(key) {
+                if let Some(item) = shard.remove(key) {
                     c.expirations.fetch_add(1, Ordering::Relaxed);
-                    self.publish(k, Cause::Expired);
+                    self.publish(key_str(&item), Cause::Expired);
                 }
                 None
             }
@@ -280,42 +292,38 @@ impl Store {
                 limit: shard.byte_limit,
             });
         }
-        // Copy into an allocation of exactly the value's size: a value sliced
-        // out of a request buffer would pin the whole buffer.
-        let value = Bytes::copy_from_slice(value);
-        let now = Instant::now();
+        let now = self.now_ms();
         let replaced = match shard.remove(key) {
-            Some((_, old)) => !is_expired(&old, now),
+            Some(old) => !is_expired(&old, now),
             None => false,
         };
-        let key: Key = Arc::from(key);
-        let expiry = ttl.map(|ttl| {
-            shard.next_tiebreak += 1;
-            let slot = (now + ttl, shard.next_tiebreak);
-            shard.expiries.insert(slot, key.clone());
-            slot
-        });
+        let expires = ttl.map_or(0, |t| now.saturating_add((t.as_millis() as u64).max(1)));
+        // One allocation of exactly the entry's size: a value sliced out of a
+        // request buffer would pin the whole buffer.
+        let (slot, _) = shard.lru.insert(Item::new(key.as_bytes(), value, expires));
+        if expires != 0 {
+            shard.expiries.insert((expires, slot));
+        }
         shard.used += size;
-        shard.lru.put(key.clone(), Entry { value, expiry });
         self.evict_over_limit(&mut shard, now);
-        self.publish(key, Cause::Set);
+        self.publish(Arc::from(key), Cause::Set);
         Ok(replaced)
     }
 
-    fn evict_over_limit(&self, shard: &mut Shard, now: Instant) {
+    fn evict_over_limit(&self, shard: &mut Shard, now: u64) {
         let c = &self.inner.counters;
         while shard.used > shard.byte_limit || shard.lru.len() as u64 > shard.item_limit {
-            let Some((k, e)) = shard.lru.pop_lru() else {
+            let Some((slot, item)) = shard.lru.pop_lru() else {
                 break;
             };
-            shard.forget(&k, &e);
+            shard.forget(slot, &item);
             // An entry that had already expired leaves for that reason.
-            if is_expired(&e, now) {
+            if is_expired(&item, now) {
                 c.expirations.fetch_add(1, Ordering::Relaxed);
-                self.publish(k, Cause::Expired);
+                self.publish(key_str(&item), Cause::Expired);
             } else {
                 c.evictions.fetch_add(1, Ordering::Relaxed);
-                self.publish(k, Cause::Evicted);
+                self.publish(key_str(&item), Cause::Evicted);
             }
         }
     }
@@ -328,19 +336,22 @@ impl Store {
     /// [`Store::delete`] refused when `fence` (unless 0) is older than the epoch.
     pub fn delete_fenced(&self, key: &str, fence: u64) -> Result<bool, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut shard = lock(self.shard(key));
         self.check_fence(fence)?;
         Ok(match shard.remove(key) {
-            Some((k, e)) => {
-                let live = !is_expired(&e, now);
+            Some(item) => {
+                let live = !is_expired(&item, now);
                 if !live {
                     self.inner
                         .counters
                         .expirations
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                self.publish(k, if live { Cause::Delete } else { Cause::Expired });
+                self.publish(
+                    Arc::from(key),
+                    if live { Cause::Delete } else { Cause::Expired },
+                );
                 live
             }
             None => false,
@@ -375,21 +386,20 @@ impl Store {
         let mut purged = 0;
         for s in self.inner.shards.iter() {
             loop {
-                let now = Instant::now();
+                let now = self.now_ms();
                 let mut shard = lock(s);
                 let mut n = 0;
                 while n < budget {
-                    let Some((&(at, _), _)) = shard.expiries.first_key_value() else {
-                        break;
-                    };
-                    if at > now {
-                        break;
+                    match shard.expiries.first() {
+                        Some(&(at, _)) if at <= now => {}
+                        _ => break,
                     }
-                    let Some((_, key)) = shard.expiries.pop_first() else {
+                    let Some((_, slot)) = shard.expiries.pop_first() else {
                         break;
                     };
-                    if let Some((k, _)) = shard.remove(&key) {
-                        self.publish(k, Cause::Expired);
+                    if let Some(item) = shard.lru.remove_slot(slot) {
+                        shard.used -= item_size(&item);
+                        self.publish(key_str(&item), Cause::Expired);
                     }
                     n += 1;
                 }
