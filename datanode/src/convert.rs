@@ -38,21 +38,28 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
     }
 }
 
+/// An event for the wire. Invalidations, one per write, carry only their
+/// number, key and cause; the node and instance ids ride on status and lag
+/// events (and the stream itself belongs to one instance).
 pub(crate) fn event(node: &Node, ev: NodeEvent) -> pb::Event {
-    let kind = match ev.kind {
-        EventKind::Invalidation { key, cause } => pb::event::Kind::Invalidation(pb::Invalidation {
-            key: key.to_string(),
-            cause: pb::Cause::from(cause) as i32,
-        }),
-        EventKind::Status(s) => pb::event::Kind::Status(pb::Status {
-            stats: Some(stats(node, s)),
-        }),
-    };
-    pb::Event {
-        seq: ev.seq,
-        node_id: node.id().to_string(),
-        instance_id: node.instance_id().to_string(),
-        kind: Some(kind),
+    match ev.kind {
+        EventKind::Invalidation { key, cause } => pb::Event {
+            seq: ev.seq,
+            node_id: String::new(),
+            instance_id: String::new(),
+            kind: Some(pb::event::Kind::Invalidation(pb::Invalidation {
+                key: key.to_string(),
+                cause: pb::Cause::from(cause) as i32,
+            })),
+        },
+        EventKind::Status(s) => pb::Event {
+            seq: ev.seq,
+            node_id: node.id().to_string(),
+            instance_id: node.instance_id().to_string(),
+            kind: Some(pb::event::Kind::Status(pb::Status {
+                stats: Some(stats(node, s)),
+            })),
+        },
     }
 }
 

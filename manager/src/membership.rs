@@ -113,7 +113,7 @@ pub(crate) fn follow(
     ev: &pb::Event,
     listener: &dyn EventListener,
 ) -> Result<(), String> {
-    if ev.instance_id != seq.instance {
+    if !ev.instance_id.is_empty() && ev.instance_id != seq.instance {
         listener.on_reset(index);
         return Err(format!("node restarted as instance {}", ev.instance_id));
     }
@@ -182,8 +182,10 @@ async fn next_event(
 fn record(node: &NodeHandle, ev: &pb::Event) {
     node.update_info(|info| {
         info.last_event = Some(Instant::now());
-        info.node_id = Some(ev.node_id.clone());
-        info.instance_id = Some(ev.instance_id.clone());
+        if !ev.instance_id.is_empty() && info.instance_id.as_deref() != Some(&ev.instance_id) {
+            info.node_id = Some(ev.node_id.clone());
+            info.instance_id = Some(ev.instance_id.clone());
+        }
         if let Some(pb::event::Kind::Status(s)) = &ev.kind {
             if let Some(stats) = &s.stats {
                 node.client.learn_epoch(stats.epoch);
@@ -216,10 +218,11 @@ mod tests {
         )
     }
 
+    /// As on the wire: invalidations carry no instance id.
     fn set(seq: u64, key: &str) -> pb::Event {
         ev(
             seq,
-            "i1",
+            "",
             pb::event::Kind::Invalidation(pb::Invalidation {
                 key: key.into(),
                 cause: pb::Cause::Set as i32,
