@@ -102,6 +102,9 @@ cleanup() {
   fi
   dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 ||
     echo "compose_faults: WARNING: '${compose[*]} -p $project down' failed" >&2
+  # A rebuild moves the image tags to new images; the ringcache images left
+  # untagged by it (and only those: they carry our label) go too.
+  docker image prune -f --filter "label=org.ringcache.image" >/dev/null 2>&1 || true
   echo
   echo "compose_faults: $passed passed, $failed failed"
   for f in "${failures[@]+"${failures[@]}"}"; do echo "  failed: $f"; done
