@@ -49,16 +49,8 @@ for bin in datanode manager; do
   mv -f "$stage/$bin.tmp" "$stage/$bin"
 done
 
-if [[ -n "${COMPOSE:-}" ]]; then
-  read -r -a compose <<<"$COMPOSE"
-elif docker compose version >/dev/null 2>&1; then
-  compose=(docker compose)
-elif command -v docker-compose >/dev/null; then
-  compose=(docker-compose)
-else
-  echo "compose-up: neither 'docker compose' nor 'docker-compose' is installed" >&2
-  exit 1
-fi
+# shellcheck source=deploy/compose-cmd.sh
+source "$root/deploy/compose-cmd.sh" || exit 1
 
 echo "compose-up: ${compose[*]} up --build $*" >&2
 exec "${compose[@]}" up --build "$@"

@@ -92,9 +92,18 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
 
 /// Runs the check and reports it the way container health checks read it.
 pub async fn run(url: &str) -> ExitCode {
-    match check(url, TIMEOUT).await {
+    report(
+        check(url, TIMEOUT).await,
+        &format!("{SERVICE} at {url} is SERVING"),
+    )
+}
+
+/// Exit status and one line for a check's outcome (shared with the
+/// manager's check).
+pub fn report(outcome: Result<(), String>, healthy: &str) -> ExitCode {
+    match outcome {
         Ok(()) => {
-            println!("{SERVICE} at {url} is SERVING");
+            println!("{healthy}");
             ExitCode::SUCCESS
         }
         Err(e) => {

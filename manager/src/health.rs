@@ -102,16 +102,10 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
 
 /// Runs the check and reports it the way container health checks read it.
 pub async fn run(url: &str) -> ExitCode {
-    match check(url, TIMEOUT).await {
-        Ok(()) => {
-            println!("manager at {url} is serving");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("unhealthy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ringcache_datanode::health::report(
+        check(url, TIMEOUT).await,
+        &format!("manager at {url} is serving"),
+    )
 }
 
 #[cfg(test)]

@@ -54,16 +54,8 @@ if ! docker info >/dev/null 2>&1; then
   echo "compose_faults: no Docker engine reachable" >&2
   exit 2
 fi
-if [[ -n "${COMPOSE:-}" ]]; then
-  read -r -a compose <<<"$COMPOSE"
-elif docker compose version >/dev/null 2>&1; then
-  compose=(docker compose)
-elif command -v docker-compose >/dev/null; then
-  compose=(docker-compose)
-else
-  echo "compose_faults: neither 'docker compose' nor 'docker-compose' is installed" >&2
-  exit 2
-fi
+# shellcheck source=deploy/compose-cmd.sh
+source "$root/deploy/compose-cmd.sh" || exit 2
 dc() { "${compose[@]}" -p "$project" "$@"; }
 
 # --- host ports: free ones, unless given -------------------------------
