@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use ringcache_tests::{Api, Proc};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
-const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "1s", "--node-timeout", "300ms"];
+// Generous for loaded CI machines: a node that is merely slow must not be
+// taken for dead.
+const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "2s", "--node-timeout", "500ms"];
 /// A request may try each of its two replicas once.
-const REQUEST_BOUND: Duration = Duration::from_millis(2 * 300 + 700);
+const REQUEST_BOUND: Duration = Duration::from_millis(2 * 500 + 1500);
 
 struct Cluster {
     nodes: Vec<Proc>,
@@ -69,8 +71,10 @@ async fn a_stopped_node_never_holds_requests_past_their_deadline() {
         let key = format!("k{i}");
         let t = Instant::now();
         let r = c.api.get(&key).await;
+        slowest = slowest.max(t.elapsed());
+        let t = Instant::now();
         let w = c.api.set(&key, "w").await;
-        slowest = slowest.max(t.elapsed() / 2);
+        slowest = slowest.max(t.elapsed());
         assert_eq!(r.status, 200, "{key}: {}", r.text());
         assert_eq!(w.status, 200, "{key}: {}", w.text());
     }

@@ -129,7 +129,8 @@ async fn overload_is_refused_at_once_not_queued() {
     let took = t.elapsed();
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("overloaded"), "{}", r.text());
-    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    // Well under the 2 s the admitted requests wait: refused, not queued.
+    assert!(took < Duration::from_secs(1), "refusal took {took:?}");
     for n in &nodes {
         n.signal(libc::SIGCONT);
     }

@@ -15,7 +15,7 @@ const KEYS: usize = 400;
 const WRITERS: usize = 4;
 const READERS: usize = 4;
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
-const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "1s", "--node-timeout", "500ms"];
+const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "2s", "--node-timeout", "1s"];
 
 /// Per key: the version of its last acknowledged operation, shifted left
 /// one bit, with the low bit set when that operation was a delete.
