@@ -274,21 +274,31 @@ impl Cluster {
             near.invalidate(key);
         }
         let mut acked: Option<bool> = None;
-        let mut refusal = None;
+        let mut refused: Vec<(&Arc<NodeHandle>, ClusterError)> = Vec::new();
         for (node, r) in targets.iter().zip(results) {
             match r {
                 Ok(b) => acked = Some(acked.unwrap_or(false) || b),
                 Err(e) => {
                     if let Some(err) = Self::failed(node, e) {
-                        refusal.get_or_insert(err);
+                        refused.push((node, err));
                     }
                 }
             }
         }
-        match (acked, refusal) {
-            (_, Some(err)) => Err(err),
-            (Some(b), None) => Ok(b),
-            (None, None) => Err(ClusterError::Unavailable),
+        match acked {
+            Some(b) => {
+                // Replicas disagree (say, one has a smaller value limit): the
+                // write stands, and a replica that refused it still holds the
+                // old value, so it leaves reads until it has been flushed.
+                for (node, err) in refused {
+                    node.mark_down(&format!("refused a write another replica took: {err}"));
+                }
+                Ok(b)
+            }
+            None => Err(refused
+                .into_iter()
+                .next()
+                .map_or(ClusterError::Unavailable, |(_, err)| err)),
         }
     }
 }

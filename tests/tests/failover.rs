@@ -236,3 +236,35 @@ async fn with_every_replica_gone_requests_get_503_with_retry_after_in_time() {
     let r = c.api.get("k").await;
     assert!(r.status == 404 || r.text() == "v", "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_refuses_a_write_others_took_is_not_read_until_flushed() {
+    // Mismatched limits: node "small" refuses values over 1 KiB.
+    let small = Proc::datanode("small", &["--max-value-bytes", "1KiB"]);
+    let big = Proc::datanode("big", &[]);
+    let manager = Proc::manager("manager", &[&small, &big], MANAGER_ARGS);
+    let api = Api::new(&manager);
+    api.await_all_up().await;
+    // With two nodes and two replicas, every key lives on both.
+    assert_eq!(api.set("k", "old").await.status, 201);
+    let large = "x".repeat(2000);
+    let r = api.set("k", &large).await;
+    assert_eq!(
+        r.status, 200,
+        "the write stands: one replica took it: {r:?}"
+    );
+    // Whichever replica the ring reads first, "old" is never served again.
+    for _ in 0..20 {
+        let r = api.get("k").await;
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, 2000),
+            "{:?}",
+            r.text().get(..20)
+        );
+    }
+    // The refusing node is flushed and back.
+    api.await_all_up().await;
+    let r = api.get("k").await;
+    assert_eq!(r.body.len(), 2000);
+}
