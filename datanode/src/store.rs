@@ -124,6 +124,17 @@ struct Shard {
     item_limit: u64,
 }
 
+/// A new instance starts its flush epochs at the wall clock in nanoseconds,
+/// above any epoch an earlier instance reached (it would take a flush per
+/// nanosecond to catch up), so a write fenced for an earlier instance can
+/// never pass as current on this one.
+fn first_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        .max(1)
+}
+
 fn entry_size(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
@@ -188,7 +199,7 @@ impl Store {
                 memory_limit: config.max_memory,
                 max_items: config.max_items.unwrap_or(0),
                 counters: Counters::default(),
-                epoch: AtomicU64::new(1),
+                epoch: AtomicU64::new(first_epoch()),
                 clock_start: Instant::now(),
             }),
         }
@@ -597,7 +608,8 @@ mod tests {
         s.delete("a");
         s.delete("missing");
         let seq_before_flush = s.events().last_seq();
-        assert_eq!(s.flush(), (1, 2));
+        let (removed, _) = s.flush();
+        assert_eq!(removed, 1);
         let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         let seqs: Vec<_> = got.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (start + 1..=start + 4).collect::<Vec<_>>());
@@ -624,24 +636,38 @@ mod tests {
     #[tokio::test]
     async fn writes_fenced_before_a_flush_are_refused() {
         let s = store(1 << 20, None, 2);
-        assert_eq!(s.epoch(), 1);
-        assert_eq!(s.set_fenced("k", b"v", None, 1), Ok(false));
-        let (_, epoch) = s.flush();
-        assert_eq!(epoch, 2);
+        let e1 = s.epoch();
+        assert_eq!(s.set_fenced("k", b"v", None, e1), Ok(false));
+        let (_, e2) = s.flush();
+        assert_eq!(e2, e1 + 1);
         // A request issued before the flush, arriving after it.
-        assert_eq!(
-            s.set_fenced("k", b"old", None, 1),
-            Err(StoreError::StaleEpoch { got: 1, current: 2 })
-        );
-        assert_eq!(
-            s.delete_fenced("k", 1),
-            Err(StoreError::StaleEpoch { got: 1, current: 2 })
-        );
+        let stale = Err(StoreError::StaleEpoch {
+            got: e1,
+            current: e2,
+        });
+        assert_eq!(s.set_fenced("k", b"old", None, e1), stale);
+        assert_eq!(s.delete_fenced("k", e1), stale);
         assert_eq!(s.get("k"), None);
         // Current and unfenced writes go through.
-        assert_eq!(s.set_fenced("k", b"new", None, 2), Ok(false));
+        assert_eq!(s.set_fenced("k", b"new", None, e2), Ok(false));
         assert_eq!(s.set_fenced("k", b"any", None, 0), Ok(true));
-        assert_eq!(s.delete_fenced("k", 2), Ok(true));
+        assert_eq!(s.delete_fenced("k", e2), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_new_instance_starts_above_every_epoch_of_the_last_one() {
+        let old = store(1 << 20, None, 1);
+        for _ in 0..5 {
+            old.flush();
+        }
+        let new = store(1 << 20, None, 1);
+        assert!(
+            new.epoch() > old.epoch(),
+            "{} vs {}",
+            new.epoch(),
+            old.epoch()
+        );
+        assert!(new.set_fenced("k", b"v", None, old.epoch()).is_err());
     }
 
     #[tokio::test]

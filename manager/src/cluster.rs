@@ -25,7 +25,9 @@ use crate::ring::Ring;
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum NodeState {
-    /// Not contacted yet: it cannot have missed a write of this manager.
+    /// Not admitted yet. Another manager (or this one before a restart) may
+    /// have acknowledged writes it missed: neither read nor written until
+    /// admitted through a flush.
     Unknown = 0,
     Up = 1,
     /// Unreachable or failed a call: not read from, not written to.
@@ -86,11 +88,11 @@ impl NodeHandle {
     }
 
     pub fn readable(&self) -> bool {
-        matches!(self.state(), NodeState::Unknown | NodeState::Up)
+        self.state() == NodeState::Up
     }
 
     pub fn writable(&self) -> bool {
-        self.state() != NodeState::Down
+        matches!(self.state(), NodeState::Up | NodeState::Joining)
     }
 
     pub fn info(&self) -> NodeInfo {

@@ -73,7 +73,11 @@ async fn session(
     let first = next_event(&mut stream, heartbeat_timeout).await?;
     let instance = first.instance_id.clone();
     let previous = node.info().instance_id;
-    admit(node, previous.as_deref(), &instance).await?;
+    let epoch = match &first.kind {
+        Some(pb::event::Kind::Status(pb::Status { stats: Some(s) })) => s.epoch,
+        _ => 0,
+    };
+    admit(node, previous.as_deref(), &instance, epoch).await?;
     record(node, &first);
     listener.on_event(index, &first);
     let mut seq = SequenceCheck::new(&first);
@@ -135,17 +139,22 @@ pub(crate) fn follow(
     Ok(())
 }
 
-/// Makes the node readable. A node that was down, or that is a new instance
-/// of a node seen before, may be missing acknowledged writes or hold values
-/// that were since overwritten or deleted: it is flushed first.
-async fn admit(node: &NodeHandle, previous: Option<&str>, instance: &str) -> Result<(), String> {
+/// Makes the node readable. A node seen for the first time, one that was
+/// down, or a new instance of a node seen before may be missing acknowledged
+/// writes (of this manager, of another one, or of this one before it
+/// restarted) or hold values since overwritten or deleted: it is flushed
+/// first. So a manager that starts empties the nodes it admits.
+async fn admit(
+    node: &NodeHandle,
+    previous: Option<&str>,
+    instance: &str,
+    epoch: u64,
+) -> Result<(), String> {
     let state = node.state();
     let restarted = previous.is_some_and(|p| p != instance);
-    if state == NodeState::Unknown
-        && !restarted
-        && node.transition(NodeState::Unknown, NodeState::Up)
-    {
-        return Ok(());
+    if restarted || state == NodeState::Unknown {
+        // Epochs belong to an instance: adopt the new one's outright.
+        node.client.reset_epoch(epoch);
     }
     if state == NodeState::Up && !restarted {
         return Ok(());

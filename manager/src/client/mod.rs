@@ -139,6 +139,11 @@ impl NodeClient {
         self.epoch.fetch_max(epoch, Ordering::AcqRel);
     }
 
+    /// Adopts the epoch of a new instance of the node, even if lower.
+    pub fn reset_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
