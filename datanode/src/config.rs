@@ -44,7 +44,7 @@ pub struct NodeOptions {
     pub shards: usize,
 
     /// Longest key accepted, in bytes.
-    #[arg(long, env = "DATANODE_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
+    #[arg(long, env = "DATANODE_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES, value_parser = parse_key_limit)]
     pub max_key_bytes: usize,
 
     /// Largest value accepted, e.g. 1MiB.
@@ -52,11 +52,11 @@ pub struct NodeOptions {
     pub max_value_bytes: usize,
 
     /// Interval of status heartbeats on the Subscribe stream, e.g. 1s or 250ms.
-    #[arg(long, env = "DATANODE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DATANODE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub heartbeat_interval: Duration,
 
     /// Interval of the sweep that frees expired entries.
-    #[arg(long, env = "DATANODE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DATANODE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sweep_interval: Duration,
 
     /// Time in-flight calls get to finish at shutdown (SIGTERM/SIGINT).
@@ -110,6 +110,33 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("invalid size {s:?}: {e}"))
 }
 
+/// Keys are stored with a 16-bit length.
+pub const MAX_KEY_LIMIT: usize = u16::MAX as usize;
+
+/// Parses a key length limit: 1 to [`MAX_KEY_LIMIT`] bytes.
+pub fn parse_key_limit(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid key limit {s:?}: {e}"))?;
+    if (1..=MAX_KEY_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "key limit must be 1 to {MAX_KEY_LIMIT} bytes, got {n}"
+        ))
+    }
+}
+
+/// Parses a period such as `1s` or `250ms`; zero is refused.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid interval {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("the interval must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 fn parse_size_usize(s: &str) -> Result<usize, String> {
     parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
 }
@@ -124,6 +151,15 @@ mod tests {
         assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn limits_that_would_break_the_store_are_refused() {
+        assert!(NodeOptions::try_parse_from(["datanode", "--max-key-bytes", "70000"]).is_err());
+        assert!(NodeOptions::try_parse_from(["datanode", "--max-key-bytes", "0"]).is_err());
+        assert!(NodeOptions::try_parse_from(["datanode", "--heartbeat-interval", "0s"]).is_err());
+        assert!(NodeOptions::try_parse_from(["datanode", "--sweep-interval", "0ms"]).is_err());
+        assert!(NodeOptions::try_parse_from(["datanode", "--max-key-bytes", "65535"]).is_ok());
     }
 
     #[test]

@@ -9,7 +9,9 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         let msg = e.to_string();
         match e {
-            NodeError::EmptyKey | NodeError::KeyTooLong { .. } => Status::invalid_argument(msg),
+            NodeError::EmptyKey
+            | NodeError::KeyTooLong { .. }
+            | NodeError::Store(StoreError::KeyTooLong { .. }) => Status::invalid_argument(msg),
             NodeError::ValueTooLarge { .. } | NodeError::Store(StoreError::TooLarge { .. }) => {
                 Status::resource_exhausted(msg)
             }

@@ -70,10 +70,10 @@ impl Node {
         if key.is_empty() {
             return Err(NodeError::EmptyKey);
         }
-        if key.len() > self.max_key_bytes {
+        if key.len() > self.max_key_bytes.min(crate::config::MAX_KEY_LIMIT) {
             return Err(NodeError::KeyTooLong {
                 len: key.len(),
-                max: self.max_key_bytes,
+                max: self.max_key_bytes.min(crate::config::MAX_KEY_LIMIT),
             });
         }
         Ok(())

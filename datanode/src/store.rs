@@ -57,6 +57,8 @@ impl Default for StoreConfig {
 pub enum StoreError {
     #[error("entry of {size} bytes exceeds the per-shard memory limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    #[error("key of {len} bytes is longer than 65535 bytes")]
+    KeyTooLong { len: usize },
     #[error("write fenced with epoch {got}, older than the node's epoch {current}")]
     StaleEpoch { got: u64, current: u64 },
 }
@@ -294,6 +296,10 @@ impl Store {
         fence: u64,
     ) -> Result<bool, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
+        // Entries store the key length in 16 bits.
+        if key.len() > crate::config::MAX_KEY_LIMIT {
+            return Err(StoreError::KeyTooLong { len: key.len() });
+        }
         let size = entry_size(key, value);
         let mut shard = lock(self.shard(key));
         self.check_fence(fence)?;
@@ -411,11 +417,11 @@ impl Store {
                     if let Some(item) = shard.lru.remove_slot(slot) {
                         shard.used -= item_size(&item);
                         self.publish(key_str(&item), Cause::Expired);
+                        purged += 1;
                     }
                     n += 1;
                 }
                 drop(shard);
-                purged += n as u64;
                 if n < budget {
                     break;
                 }
@@ -539,6 +545,18 @@ mod tests {
         }
         assert_eq!(s.stats().items, 10);
         assert_eq!(s.stats().evictions, 15);
+    }
+
+    #[tokio::test]
+    async fn keys_longer_than_the_stored_length_are_refused() {
+        let s = store(1 << 30, None, 1);
+        let long = "k".repeat(70_000);
+        assert_eq!(
+            s.set(&long, b"v", None),
+            Err(StoreError::KeyTooLong { len: 70_000 })
+        );
+        assert_eq!(s.stats().items, 0);
+        assert_eq!(s.stats().bytes_used, 0);
     }
 
     #[tokio::test]

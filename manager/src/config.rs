@@ -71,7 +71,7 @@ pub struct ManagerOptions {
     pub shutdown_grace: Duration,
 
     /// Longest key accepted, in bytes.
-    #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_datanode::config::DEFAULT_MAX_KEY_BYTES)]
+    #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_datanode::config::DEFAULT_MAX_KEY_BYTES, value_parser = ringcache_datanode::config::parse_key_limit)]
     pub max_key_bytes: usize,
 
     /// Largest value accepted, e.g. 1MiB. Larger bodies are not read.

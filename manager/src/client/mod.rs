@@ -155,13 +155,26 @@ impl NodeClient {
         F: Fn(u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
-        match call(self.epoch()).await {
-            Err(CallError::Status { status, .. }) if status.code() == Code::FailedPrecondition => {
-                self.learn_epoch(self.stats().await?.epoch);
-                call(self.epoch()).await
+        // The retry shares the caller's deadline rather than adding its own.
+        let retried = async {
+            match call(self.epoch()).await {
+                Err(CallError::Status { status, .. })
+                    if status.code() == Code::FailedPrecondition =>
+                {
+                    self.learn_epoch(self.stats().await?.epoch);
+                    call(self.epoch()).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        };
+        tokio::time::timeout(self.timeout, retried)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CallError::Timeout {
+                    node: self.addr.clone(),
+                    timeout: self.timeout,
+                })
+            })
     }
 
     pub fn addr(&self) -> &str {
@@ -235,7 +248,8 @@ impl NodeClient {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<bool, CallError> {
-        let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+        // Saturate: a huge TTL must not wrap around to a tiny one.
+        let ttl_ms = ttl.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
         self.fenced(|epoch| {
             let op = pb::op::Op::Set(pb::SetRequest {
                 key: key.to_string(),
