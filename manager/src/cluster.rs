@@ -208,6 +208,7 @@ impl Cluster {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
         }
+        let generation = self.near.as_ref().map(|n| n.generation(key));
         let mut answered = false;
         for i in self.replica_indices(key) {
             let node = &self.nodes[i];
@@ -216,8 +217,8 @@ impl Cluster {
             }
             match node.client.get(key).await {
                 Ok(Some(hit)) => {
-                    if let Some(near) = &self.near {
-                        near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl);
+                    if let (Some(near), Some(generation)) = (&self.near, generation) {
+                        near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl, generation);
                     }
                     return Ok(Some(hit.value));
                 }

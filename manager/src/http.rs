@@ -15,12 +15,16 @@ use axum::BoxError;
 use axum::{Json, Router};
 use serde::Serialize;
 use tower::ServiceBuilder;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::instrument;
 
 use crate::cluster::{Cluster, NodeState};
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::query;
+
+/// Longest a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share (behind one `Arc`: axum clones the state for
 /// every request).
@@ -70,8 +74,10 @@ pub fn router(state: AppState) -> Router {
     routes
         // Liveness for orchestrators: open even when a token is required.
         .route("/healthz", get(healthz))
-        // Bodies past the limit are refused with 413 without being read.
+        // Bodies past the limit are refused with 413 without being read, and
+        // a body that trickles in cannot hold a request slot forever.
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(overload)
         .with_state(state)
 }

@@ -246,8 +246,22 @@ mod tests {
         let first = status(10);
         near.on_event(0, &first);
         near.on_event(1, &status(1));
-        near.fill("a", Bytes::from_static(b"1"), 0, 10, None);
-        near.fill("b", Bytes::from_static(b"2"), 1, 1, None);
+        near.fill(
+            "a",
+            Bytes::from_static(b"1"),
+            0,
+            10,
+            None,
+            near.generation("a"),
+        );
+        near.fill(
+            "b",
+            Bytes::from_static(b"2"),
+            1,
+            1,
+            None,
+            near.generation("b"),
+        );
         (near, SequenceCheck::new(&first))
     }
 
@@ -277,7 +291,14 @@ mod tests {
         follow(&mut seq, 0, &lagged, &near).unwrap();
         assert!(near.get("a").is_none());
         // After the notice the stream goes on from the next number.
-        near.fill("a", Bytes::from_static(b"1"), 0, 14, None);
+        near.fill(
+            "a",
+            Bytes::from_static(b"1"),
+            0,
+            14,
+            None,
+            near.generation("a"),
+        );
         follow(&mut seq, 0, &status(15), &near).unwrap();
         assert!(near.get("a").is_some());
     }

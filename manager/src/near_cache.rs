@@ -36,6 +36,10 @@ struct Shard {
     lru: LruCache<Arc<str>, Entry, foldhash::fast::RandomState>,
     used: u64,
     limit: u64,
+    /// Raised by every invalidation: a fill whose read started before it
+    /// is refused (a write through this manager may have been acknowledged
+    /// before its node event arrived).
+    generation: u64,
 }
 
 impl Shard {
@@ -76,6 +80,7 @@ impl NearCache {
                             ),
                             used: 0,
                             limit,
+                            generation: 0,
                         })
                     })
                     .collect(),
@@ -110,13 +115,28 @@ impl NearCache {
         found
     }
 
+    /// The invalidation generation of `key`'s shard: take it before reading
+    /// from a node and hand it to [`NearCache::fill`].
+    pub fn generation(&self, key: &str) -> u64 {
+        lock(self.shard(key)).generation
+    }
+
     /// Caches `value`, read from `node` when its sequence was `seq`, unless
     /// an event after `seq` has already been applied (it may have been the
-    /// invalidation of this very value).
-    pub fn fill(&self, key: &str, value: Bytes, node: usize, seq: u64, ttl: Option<Duration>) {
+    /// invalidation of this very value) or the key's shard was invalidated
+    /// since `generation` was taken.
+    pub fn fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        node: usize,
+        seq: u64,
+        ttl: Option<Duration>,
+        generation: u64,
+    ) {
         let entry_size = size(key, &value);
         let mut shard = lock(self.shard(key));
-        if entry_size > shard.limit {
+        if entry_size > shard.limit || shard.generation != generation {
             return;
         }
         let Some(applied) = self.applied.get(node) else {
@@ -146,14 +166,17 @@ impl NearCache {
         }
     }
 
-    /// Drops `key` (after a write through this manager).
+    /// Drops `key` (after a write through this manager, or its event).
     pub fn invalidate(&self, key: &str) {
-        lock(self.shard(key)).remove(key);
+        let mut shard = lock(self.shard(key));
+        shard.remove(key);
+        shard.generation += 1;
     }
 
     fn clear_node(&self, node: usize) {
         for s in self.shards.iter() {
             let mut shard = lock(s);
+            shard.generation += 1;
             let doomed: Vec<Arc<str>> = shard
                 .lru
                 .iter()
@@ -244,10 +267,10 @@ mod tests {
     #[test]
     fn nothing_is_cached_before_a_stream_starts() {
         let c = NearCache::new(1 << 20, 2);
-        c.fill("k", v("v"), 0, 5, None);
+        c.fill("k", v("v"), 0, 5, None, c.generation("k"));
         assert_eq!(c.get("k"), None);
         c.on_event(0, &status(5));
-        c.fill("k", v("v"), 0, 5, None);
+        c.fill("k", v("v"), 0, 5, None, c.generation("k"));
         assert_eq!(c.get("k"), Some(v("v")));
     }
 
@@ -255,7 +278,7 @@ mod tests {
     fn an_invalidation_removes_the_key() {
         let c = NearCache::new(1 << 20, 2);
         c.on_event(1, &status(10));
-        c.fill("k", v("old"), 1, 10, None);
+        c.fill("k", v("old"), 1, 10, None, c.generation("k"));
         c.on_event(1, &inval(11, "k", pb::Cause::Set));
         assert_eq!(c.get("k"), None);
     }
@@ -267,10 +290,26 @@ mod tests {
         // The read happened at seq 10; the invalidation (seq 11) was applied
         // before the read's answer came back.
         c.on_event(0, &inval(11, "k", pb::Cause::Delete));
-        c.fill("k", v("stale"), 0, 10, None);
+        c.fill("k", v("stale"), 0, 10, None, c.generation("k"));
         assert_eq!(c.get("k"), None);
-        c.fill("k", v("fresh"), 0, 11, None);
+        c.fill("k", v("fresh"), 0, 11, None, c.generation("k"));
         assert_eq!(c.get("k"), Some(v("fresh")));
+    }
+
+    #[test]
+    fn a_fill_that_started_before_a_local_write_is_refused() {
+        let c = NearCache::new(1 << 20, 1);
+        c.on_event(0, &status(10));
+        // A read of "k" starts; a write of "k" through this manager is
+        // acknowledged (invalidate) before the node's event arrives; then
+        // the read's answer comes back and tries to fill.
+        let generation = c.generation("k");
+        c.invalidate("k");
+        c.fill("k", v("old"), 0, 10, None, generation);
+        assert_eq!(c.get("k"), None);
+        // A read that starts after the write may fill.
+        c.fill("k", v("new"), 0, 10, None, c.generation("k"));
+        assert_eq!(c.get("k"), Some(v("new")));
     }
 
     #[test]
@@ -278,15 +317,15 @@ mod tests {
         let c = NearCache::new(1 << 20, 2);
         c.on_event(0, &status(1));
         c.on_event(1, &status(1));
-        c.fill("a", v("1"), 0, 1, None);
-        c.fill("b", v("2"), 1, 1, None);
+        c.fill("a", v("1"), 0, 1, None, c.generation("a"));
+        c.fill("b", v("2"), 1, 1, None, c.generation("b"));
         // Membership calls on_reset on a sequence gap, a Lagged event, or a
         // broken stream.
         c.on_reset(0);
         assert_eq!(c.get("a"), None);
         assert_eq!(c.get("b"), Some(v("2")));
         // And nothing from node 0 is cached until its stream restarts.
-        c.fill("a", v("1"), 0, 1, None);
+        c.fill("a", v("1"), 0, 1, None, c.generation("a"));
         assert_eq!(c.get("a"), None);
     }
 
@@ -294,7 +333,7 @@ mod tests {
     fn a_flush_event_clears_that_node() {
         let c = NearCache::new(1 << 20, 2);
         c.on_event(0, &status(1));
-        c.fill("a", v("1"), 0, 1, None);
+        c.fill("a", v("1"), 0, 1, None, c.generation("a"));
         c.on_event(0, &inval(2, "", pb::Cause::Flush));
         assert_eq!(c.get("a"), None);
     }
@@ -304,12 +343,19 @@ mod tests {
         let c = NearCache::new(16 * 200, 1);
         c.on_event(0, &status(1));
         for i in 0..1000 {
-            c.fill(&format!("k{i}"), v("xxxxxxxxxx"), 0, 1, None);
+            c.fill(
+                &format!("k{i}"),
+                v("xxxxxxxxxx"),
+                0,
+                1,
+                None,
+                c.generation(&format!("k{i}")),
+            );
         }
         let (items, bytes, _, _) = c.stats();
         assert!(bytes <= 16 * 200, "{bytes}");
         assert!(items > 0 && items < 1000);
-        c.fill("t", v("x"), 0, 1, Some(Duration::ZERO));
+        c.fill("t", v("x"), 0, 1, Some(Duration::ZERO), c.generation("t"));
         assert_eq!(c.get("t"), None);
     }
 }

@@ -44,9 +44,11 @@ pub(super) struct Batcher {
 impl Batcher {
     /// Starts the stream task for `client`; it ends when every `Batcher`
     /// clone is dropped.
-    pub(super) fn start(client: Grpc, addr: String) -> Self {
+    /// Opening the stream is bounded by `timeout` (a node that accepts
+    /// connections but never answers must not hold the queue).
+    pub(super) fn start(client: Grpc, addr: String, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(client, addr, rx));
+        tokio::spawn(run(client, addr, rx, timeout));
         Self { tx }
     }
 
@@ -71,7 +73,7 @@ fn op_size(op: &pb::op::Op) -> usize {
     }
 }
 
-async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>) {
+async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
     let mut backoff = RECONNECT_MIN;
     let mut next_id: u64 = 0;
     loop {
@@ -83,7 +85,15 @@ async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>) {
         // is bounded by `MAX_IN_FLIGHT` below, and a bounded queue here could
         // deadlock with HTTP/2 flow control while responses go unread.
         let (req_tx, req_rx) = mpsc::unbounded_channel::<pb::BatchRequest>();
-        let mut responses = match client.batch(UnboundedReceiverStream::new(req_rx)).await {
+        let opened =
+            tokio::time::timeout(timeout, client.batch(UnboundedReceiverStream::new(req_rx)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(
+                        "opening the batch stream timed out",
+                    ))
+                });
+        let mut responses = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::debug!(node = %addr, %status, "cannot open batch stream");
@@ -104,6 +114,9 @@ async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>) {
         let reason = loop {
             if let Some(first) = next.take() {
                 let batch = collect(first, &mut rx, &mut next_id, &mut in_flight);
+                if batch.ops.is_empty() {
+                    continue;
+                }
                 if req_tx.send(batch).is_err() {
                     break Status::unavailable("batch stream closed");
                 }
@@ -138,7 +151,9 @@ async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Builds one batch from `first` and whatever else is queued right now.
+/// Builds one batch from `first` and whatever else is queued right now,
+/// leaving out requests whose callers have given up (their deadline passed):
+/// sending them would only load a node that is already slow.
 fn collect(
     first: Pending,
     rx: &mut mpsc::Receiver<Pending>,
@@ -149,13 +164,15 @@ fn collect(
     let mut bytes = 0;
     let mut p = first;
     loop {
-        *next_id += 1;
-        bytes += op_size(&p.op);
-        in_flight.insert(*next_id, p.reply);
-        ops.push(pb::Op {
-            id: *next_id,
-            op: Some(p.op),
-        });
+        if !p.reply.is_closed() {
+            *next_id += 1;
+            bytes += op_size(&p.op);
+            in_flight.insert(*next_id, p.reply);
+            ops.push(pb::Op {
+                id: *next_id,
+                op: Some(p.op),
+            });
+        }
         if ops.len() >= MAX_OPS || bytes >= MAX_BYTES {
             break;
         }

@@ -127,7 +127,7 @@ impl NodeClient {
             .max_decoding_message_size(MAX_MESSAGE);
         Ok(Self {
             addr: addr.to_string(),
-            batcher: batch::Batcher::start(inner.clone(), addr.to_string()),
+            batcher: batch::Batcher::start(inner.clone(), addr.to_string(), timeout),
             inner,
             timeout,
             epoch: Arc::new(AtomicU64::new(0)),
