@@ -358,6 +358,9 @@ phase_http() {
 
     log "HTTP: ringcache with --near-cache 64MiB"
     start_manager manager-near --near-cache 64MiB
+    # A manager flushes the nodes it admits (it cannot know what they missed
+    # before it started), so the keys are loaded again through it.
+    http_preload ringcache "$MGR_URL" ringcache_items $((KEYS * replicas))
     check_get ringcache-near "$MGR_URL"
     http_rows rcnear "ringcache near-cache 64MiB" "$MGR_URL" "GET POST"
     NEAR_STATS=$(cluster_json | grep -o '"near_cache":{[^}]*}' || true)

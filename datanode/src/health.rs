@@ -21,15 +21,20 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `--health-check [URL]` flag, to add to the node's command line.
 pub fn arg() -> clap::Arg {
+    flag(
+        "Check that the data node at URL (default: this node's --listen port \
+             on loopback) is serving over grpc.health.v1, then exit 0 if it is, 1 if not",
+    )
+}
+
+/// A `--health-check [URL]` flag with `help` (shared with the manager).
+pub fn flag(help: &'static str) -> clap::Arg {
     clap::Arg::new(FLAG)
         .long(FLAG)
         .value_name("URL")
         .num_args(0..=1)
         .default_missing_value("")
-        .help(
-            "Check that the data node at URL (default: this node's --listen port \
-             on loopback) is serving over grpc.health.v1, then exit 0 if it is, 1 if not",
-        )
+        .help(help)
 }
 
 /// `listen` as reached from its own host: an unspecified address

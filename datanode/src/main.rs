@@ -16,11 +16,6 @@ async fn main() -> std::process::ExitCode {
     let Some(listener) = ringcache_datanode::process::bind(opts.listen).await else {
         return std::process::ExitCode::FAILURE;
     };
-    match serve(listener, opts, shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "data node failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ringcache_datanode::process::run_to_exit("data node", serve(listener, opts, shutdown_signal()))
+        .await
 }

@@ -14,6 +14,21 @@ pub fn init_logging() {
         .init();
 }
 
+/// Runs a server to completion as a process exit status, logging a failure
+/// as `what failed`.
+pub async fn run_to_exit<E: std::fmt::Display>(
+    what: &str,
+    server: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    match server.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{what} failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Binds `addr`, or logs why not.
 pub async fn bind(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
     match tokio::net::TcpListener::bind(addr).await {

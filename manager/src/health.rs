@@ -16,15 +16,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `--health-check [URL]` flag, to add to the manager's command line.
 pub fn arg() -> clap::Arg {
-    clap::Arg::new(FLAG)
-        .long(FLAG)
-        .value_name("URL")
-        .num_args(0..=1)
-        .default_missing_value("")
-        .help(
-            "Send GET URL (default: /healthz on this manager's --listen port on \
+    ringcache_datanode::health::flag(
+        "Send GET URL (default: /healthz on this manager's --listen port on \
              loopback), then exit 0 on a 2xx answer, 1 otherwise",
-        )
+    )
 }
 
 /// `/healthz` of a manager listening on `listen`, from its own host: open
