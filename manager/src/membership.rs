@@ -77,8 +77,8 @@ async fn session(
         Some(pb::event::Kind::Status(pb::Status { stats: Some(s) })) => s.epoch,
         _ => 0,
     };
-    admit(node, previous.as_deref(), &instance, epoch).await?;
     record(node, &first);
+    admit(node, previous.as_deref(), &instance, epoch).await?;
     listener.on_event(index, &first);
     let mut seq = SequenceCheck::new(&first);
     loop {
@@ -169,6 +169,11 @@ async fn admit(
         .await
         .map_err(|e| format!("flush before rejoin failed: {e}"))?;
     tracing::info!(node = %node.addr(), removed, instance, "flushed before rejoin");
+    // The subscription's first status predates the flush: refresh it so that
+    // /cluster does not show the flushed entries until the next heartbeat.
+    if let Ok(stats) = node.client.stats().await {
+        node.update_info(|info| info.stats = Some(stats));
+    }
     if node.transition(NodeState::Joining, NodeState::Up) {
         Ok(())
     } else {
