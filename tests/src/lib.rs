@@ -353,3 +353,27 @@ impl Api {
         .await
     }
 }
+
+/// Three data node processes and a manager over them, all up.
+pub struct TestCluster {
+    pub nodes: Vec<Proc>,
+    pub manager: Proc,
+    pub api: Api,
+}
+
+impl TestCluster {
+    pub async fn start(node_args: &[&str], manager_args: &[&str]) -> Self {
+        let nodes: Vec<Proc> = (1..=3)
+            .map(|i| Proc::datanode(&format!("node{i}"), node_args))
+            .collect();
+        let refs: Vec<&Proc> = nodes.iter().collect();
+        let manager = Proc::manager("manager", &refs, manager_args);
+        let api = Api::new(&manager);
+        api.await_all_up().await;
+        Self {
+            nodes,
+            manager,
+            api,
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ringcache_tests::{Api, Proc};
+use ringcache_tests::{Api, Proc, TestCluster};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 // Generous for loaded CI machines: a node that is merely slow must not be
@@ -12,25 +12,10 @@ const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "2s", "--node-timeout", "
 /// A request may try each of its two replicas once.
 const REQUEST_BOUND: Duration = Duration::from_millis(2 * 500 + 1500);
 
-struct Cluster {
-    nodes: Vec<Proc>,
-    manager: Proc,
-    api: Api,
-}
+type Cluster = TestCluster;
 
 async fn cluster() -> Cluster {
-    let nodes: Vec<Proc> = (1..=3)
-        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
-        .collect();
-    let refs: Vec<&Proc> = nodes.iter().collect();
-    let manager = Proc::manager("manager", &refs, MANAGER_ARGS);
-    let api = Api::new(&manager);
-    api.await_all_up().await;
-    Cluster {
-        nodes,
-        manager,
-        api,
-    }
+    TestCluster::start(NODE_ARGS, MANAGER_ARGS).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

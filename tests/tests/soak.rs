@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringcache_tests::{Api, Proc};
+use ringcache_tests::{Api, Proc, TestCluster};
 
 const KEYS: usize = 400;
 const WRITERS: usize = 4;
@@ -139,13 +139,11 @@ async fn soak(mut disrupt: impl FnMut(&mut [Proc], f64) + Send) -> Outcome {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let mut nodes: Vec<Proc> = (1..=3)
-        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
-        .collect();
-    let refs: Vec<&Proc> = nodes.iter().collect();
-    let manager = Proc::manager("manager", &refs, MANAGER_ARGS);
-    let api = Api::new(&manager);
-    api.await_all_up().await;
+    let TestCluster {
+        mut nodes,
+        manager: _manager,
+        api,
+    } = TestCluster::start(NODE_ARGS, MANAGER_ARGS).await;
 
     let acked = Arc::new(Acked((0..KEYS).map(|_| AtomicU64::new(0)).collect()));
     let counts = Arc::new(Counts::default());
