@@ -31,6 +31,7 @@ fn fixture(value_size: usize, keys: usize) -> Fixture {
             max_memory: 4 << 30,
             max_items: None,
             shards: 64,
+            ..StoreConfig::default()
         },
         EventBus::new(1024),
     );

@@ -24,6 +24,35 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// A tonic interceptor that adds `authorization: Bearer <token>` to every
+/// call when a token is set (for clients: the manager, and a node pulling
+/// from a peer).
+#[derive(Clone)]
+pub struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+/// The token cannot travel in gRPC metadata.
+#[derive(Debug, thiserror::Error)]
+#[error("the auth token must be printable ASCII")]
+pub struct BadToken;
+
+impl AddToken {
+    pub fn new(token: Option<&str>) -> Result<Self, BadToken> {
+        token
+            .map(|t| bearer(t).parse().map_err(|_| BadToken))
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A tonic interceptor that refuses calls without the token.
 #[derive(Clone)]
 pub struct RequireToken {

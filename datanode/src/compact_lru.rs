@@ -3,8 +3,8 @@
 //! Why not `lru::LruCache`: it boxes every entry (key, value, two list
 //! pointers, plus the allocator's header) and indexes them with 16-byte hash
 //! slots, which came to about 187 bytes per small item in RSS, twice
-//! memcached's. Here an entry is one allocation holding expiry, key and value
-//! ([`Item`]); the list lives in a `Vec` of 24-byte nodes linked by `u32`
+//! memcached's. Here an entry is one allocation holding expiry, version, key
+//! and value ([`Item`]); the list lives in a `Vec` of 24-byte nodes linked by `u32`
 //! slot numbers, and the index is a `hashbrown::HashTable` of 4-byte slot
 //! numbers. Slot numbers are stable while an entry lives, so the expiry
 //! index can refer to entries by slot.
@@ -16,30 +16,69 @@ use bytes::Bytes;
 use hashbrown::HashTable;
 
 const NIL: u32 = u32::MAX;
-/// Expiry (u64) and key length (u16) before the key.
-const HEADER: usize = 10;
+/// Expiry and tombstone flag (u64), version (u64) and key length (u16)
+/// before the key.
+const HEADER: usize = 18;
+/// Top bit of the expiry word: the entry is a tombstone (a deleted key).
+const TOMBSTONE: u64 = 1 << 63;
 
-/// One entry: `[expires: u64 LE][key length: u16 LE][key][value]` in a single
-/// shared allocation, so a read hands the value out without copying it.
+/// The key is longer than an entry can record (16-bit length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("key of {0} bytes is longer than 65535 bytes")]
+pub(crate) struct KeyTooLong(pub usize);
+
+/// One entry: `[expires | tombstone: u64 LE][version: u64 LE][key length:
+/// u16 LE][key][value]` in a single shared allocation, so a read hands the
+/// value out without copying it.
 #[derive(Clone)]
 pub(crate) struct Item(Arc<[u8]>);
 
 impl Item {
-    /// `key` must be at most `u16::MAX` bytes (the store's key limit is far
-    /// below). `expires` is the store's clock in ms; 0 means never.
-    pub(crate) fn new(key: &[u8], value: &[u8], expires: u64) -> Self {
-        let klen = u16::try_from(key.len()).unwrap_or(u16::MAX);
-        let key = &key[..usize::from(klen)];
-        let mut buf = Vec::with_capacity(HEADER + key.len() + value.len());
-        buf.extend_from_slice(&expires.to_le_bytes());
-        buf.extend_from_slice(&klen.to_le_bytes());
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(value);
-        Self(Arc::from(buf))
+    /// A live value, or a tombstone when `value` is `None`. `expires` is the
+    /// store's clock in ms (0: never; below 2^63).
+    pub(crate) fn new(
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires: u64,
+        version: u64,
+    ) -> Result<Self, KeyTooLong> {
+        let klen = u16::try_from(key.len()).map_err(|_| KeyTooLong(key.len()))?;
+        let flags = (expires & !TOMBSTONE) | if value.is_none() { TOMBSTONE } else { 0 };
+        let value = value.unwrap_or_default();
+        let len = HEADER + key.len() + value.len();
+        // Written in place: one allocation of exactly the entry's size and one
+        // copy of the value (a `Vec` first would copy it twice).
+        let mut arc = Arc::<[u8]>::new_uninit_slice(len);
+        let Some(buf) = Arc::get_mut(&mut arc) else {
+            unreachable!("a new Arc has no other owner")
+        };
+        let mut at = 0;
+        for part in [
+            &flags.to_le_bytes()[..],
+            &version.to_le_bytes()[..],
+            &klen.to_le_bytes()[..],
+            key,
+            value,
+        ] {
+            for (dst, src) in buf[at..at + part.len()].iter_mut().zip(part) {
+                dst.write(*src);
+            }
+            at += part.len();
+        }
+        debug_assert_eq!(at, len);
+        // SAFETY: the loop above wrote all `len` bytes (the parts add up to
+        // `len` by construction).
+        Ok(Self(unsafe { arc.assume_init() }))
+    }
+
+    fn word(&self, at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_le_bytes(b)
     }
 
     fn key_len(&self) -> usize {
-        usize::from(u16::from_le_bytes([self.0[8], self.0[9]]))
+        usize::from(u16::from_le_bytes([self.0[16], self.0[17]]))
     }
 
     pub(crate) fn key(&self) -> &[u8] {
@@ -51,9 +90,21 @@ impl Item {
     }
 
     pub(crate) fn expires(&self) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.0[..8]);
-        u64::from_le_bytes(b)
+        self.word(0) & !TOMBSTONE
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.word(8)
+    }
+
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.word(0) & TOMBSTONE != 0
+    }
+
+    /// Bytes of key and value (what the memory accounting charges besides
+    /// the fixed overhead).
+    pub(crate) fn payload_len(&self) -> usize {
+        self.0.len() - HEADER
     }
 
     /// The value as `Bytes` sharing this entry's allocation.
@@ -152,6 +203,32 @@ impl CompactLru {
         self.head = s;
     }
 
+    /// Looks `key` up without changing the LRU order.
+    pub(crate) fn peek(&self, key: &[u8]) -> Option<(u32, &Item)> {
+        let s = self.find(key)?;
+        self.item(s).map(|i| (s, i))
+    }
+
+    /// Calls `f` for the entries in slots `from..from + max`, in slot order,
+    /// and returns the slot to continue from, or `None` past the last one. A
+    /// scan that resumes from the returned slot sees every entry that stayed
+    /// in place meanwhile (slots are stable while an entry lives).
+    pub(crate) fn visit_slots(
+        &self,
+        from: usize,
+        max: usize,
+        mut f: impl FnMut(u32, &Item),
+    ) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.nodes.len());
+        for s in from..end {
+            if let Some(item) = self.nodes[s].item.as_ref() {
+                // Slots fit in u32: `insert` never hands out more.
+                f(s as u32, item);
+            }
+        }
+        (end < self.nodes.len()).then_some(end)
+    }
+
     /// Looks `key` up and makes it the most recently used entry.
     pub(crate) fn get(&mut self, key: &[u8]) -> Option<(u32, &Item)> {
         let s = self.find(key)?;
@@ -163,9 +240,10 @@ impl CompactLru {
     }
 
     /// Inserts `item` as the most recently used entry, replacing (and
-    /// returning) an entry with the same key. Returns the new entry's slot.
-    pub(crate) fn insert(&mut self, item: Item) -> (u32, Option<Item>) {
-        let old = self.remove(item.key()).map(|(_, old)| old);
+    /// returning, with its former slot) an entry with the same key. Returns
+    /// the new entry's slot.
+    pub(crate) fn insert(&mut self, item: Item) -> (u32, Option<(u32, Item)>) {
+        let old = self.remove(item.key());
         let hash = self.hasher.hash_one(item.key());
         let node = Node {
             item: Some(item),
@@ -224,14 +302,6 @@ impl CompactLru {
         }
         self.remove_slot(s).map(|i| (s, i))
     }
-
-    /// Drops every entry and gives the memory back.
-    pub(crate) fn clear(&mut self) {
-        *self = Self {
-            hasher: self.hasher.clone(),
-            ..Self::default()
-        };
-    }
 }
 
 #[cfg(test)]
@@ -239,7 +309,7 @@ mod tests {
     use super::*;
 
     fn item(k: &str, v: &str) -> Item {
-        Item::new(k.as_bytes(), v.as_bytes(), 0)
+        Item::new(k.as_bytes(), Some(v.as_bytes()), 0, 1).unwrap()
     }
 
     fn order(l: &CompactLru) -> Vec<String> {
@@ -254,14 +324,23 @@ mod tests {
 
     #[test]
     fn items_keep_their_parts() {
-        let i = Item::new(b"key", b"value", 42);
+        let i = Item::new(b"key", Some(b"value"), 42, 7).unwrap();
         assert_eq!(
-            (i.key(), i.value(), i.expires()),
-            (&b"key"[..], &b"value"[..], 42)
+            (i.key(), i.value(), i.expires(), i.version()),
+            (&b"key"[..], &b"value"[..], 42, 7)
         );
+        assert!(!i.is_tombstone());
         assert_eq!(&i.value_bytes()[..], b"value");
-        let empty = Item::new(b"k", b"", 0);
+        let empty = Item::new(b"k", Some(b""), 0, 1).unwrap();
         assert_eq!(empty.value(), b"");
+        let gone = Item::new(b"k", None, 99, u64::MAX).unwrap();
+        assert!(gone.is_tombstone());
+        assert_eq!((gone.expires(), gone.version()), (99, u64::MAX));
+        assert_eq!(gone.value(), b"");
+        assert_eq!(
+            Item::new(&vec![b'k'; 70_000], Some(b"v"), 0, 1).err(),
+            Some(KeyTooLong(70_000))
+        );
     }
 
     #[test]
@@ -285,7 +364,7 @@ mod tests {
         let (s1, old) = l.insert(item("k", "1"));
         assert!(old.is_none());
         let (_, old) = l.insert(item("k", "2"));
-        assert_eq!(old.unwrap().value(), b"1");
+        assert_eq!(old.unwrap().1.value(), b"1");
         assert_eq!(l.len(), 1);
         assert_eq!(l.get(b"k").unwrap().1.value(), b"2");
         let (s, removed) = l.remove(b"k").unwrap();
@@ -322,7 +401,5 @@ mod tests {
         }
         assert_eq!(n, before);
         assert_eq!(l.len(), 0);
-        l.clear();
-        assert!(l.nodes.is_empty());
     }
 }

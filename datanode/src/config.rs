@@ -71,6 +71,16 @@ pub struct NodeOptions {
     /// Events kept per subscriber before it is told it lagged.
     #[arg(long, env = "DATANODE_EVENT_BUFFER", default_value_t = 65536)]
     pub event_buffer: usize,
+
+    /// How long a deleted key's tombstone is kept (it makes a delete final
+    /// on this replica against late or repaired older writes).
+    #[arg(long, env = "DATANODE_TOMBSTONE_TTL", default_value = "5m", value_parser = parse_interval)]
+    pub tombstone_ttl: Duration,
+
+    /// Rate at which this node sends its entries to a peer that repairs or
+    /// warms up from it, e.g. 64MiB (per second, per copy).
+    #[arg(long, env = "DATANODE_SYNC_RATE", default_value = "64MiB", value_parser = parse_rate)]
+    pub sync_rate: u64,
 }
 
 impl Default for NodeOptions {
@@ -88,6 +98,8 @@ impl Default for NodeOptions {
             shutdown_grace: Duration::from_secs(10),
             auth_token: None,
             event_buffer: 65536,
+            tombstone_ttl: crate::store::DEFAULT_TOMBSTONE_TTL,
+            sync_rate: 64 * 1024 * 1024,
         }
     }
 }
@@ -98,6 +110,7 @@ impl NodeOptions {
             max_memory: self.max_memory,
             max_items: self.max_items,
             shards: self.shards,
+            tombstone_ttl: self.tombstone_ttl,
         }
     }
 }
@@ -135,6 +148,14 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("the interval must be longer than zero".into());
     }
     Ok(d)
+}
+
+/// A size per second, more than zero.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("the rate must be more than zero".into()),
+        n => Ok(n),
+    }
 }
 
 fn parse_size_usize(s: &str) -> Result<usize, String> {

@@ -5,7 +5,7 @@ use ringcache_proto::pb;
 
 use crate::events::{Cause, EventKind, NodeEvent};
 use crate::node::Node;
-use crate::store::StoreStats;
+use crate::store::{Outcome, Read, ScanEntry, StoreStats};
 
 impl From<Cause> for pb::Cause {
     fn from(c: Cause) -> Self {
@@ -20,7 +20,7 @@ impl From<Cause> for pb::Cause {
 }
 
 pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
-    let epoch = node.store().epoch();
+    let store = node.store();
     pb::StatsResponse {
         node_id: node.id().to_string(),
         instance_id: node.instance_id().to_string(),
@@ -34,7 +34,59 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
         ops: s.ops,
         uptime_ms: node.uptime().as_millis() as u64,
         max_items: s.max_items,
-        epoch,
+        clock: store.clock().latest(),
+        tombstones: s.tombstones,
+        sync: Some(node.sync_state().snapshot()),
+        marks: node.marks().list(),
+        max_value_bytes: node.max_value_bytes() as u64,
+        max_entry_bytes: store.max_entry_bytes(),
+        lost_after: store.lost_after(),
+    }
+}
+
+pub(crate) fn read(r: Option<Read>, last_seq: u64) -> pb::GetResponse {
+    match r {
+        None => pb::GetResponse {
+            syncing: true,
+            seq: last_seq,
+            ..Default::default()
+        },
+        Some(Read::Hit(l)) => pb::GetResponse {
+            found: true,
+            value: l.value,
+            ttl_remaining_ms: l.ttl_remaining.map_or(0, |d| d.as_millis().max(1) as u64),
+            seq: l.seq,
+            version: l.version,
+            ..Default::default()
+        },
+        Some(Read::Deleted { version, seq }) => pb::GetResponse {
+            tombstone: true,
+            version,
+            seq,
+            ..Default::default()
+        },
+        Some(Read::Miss { seq }) => pb::GetResponse {
+            seq,
+            ..Default::default()
+        },
+    }
+}
+
+/// (replaced, superseded, version) of a write's outcome.
+pub(crate) fn outcome(o: Outcome) -> (bool, bool, u64) {
+    match o {
+        Outcome::Applied { replaced, version } => (replaced, false, version),
+        Outcome::Superseded { version } => (false, true, version),
+    }
+}
+
+pub(crate) fn entry(e: ScanEntry) -> pb::Entry {
+    pb::Entry {
+        key: e.key,
+        tombstone: e.value.is_none(),
+        value: e.value.unwrap_or_default(),
+        version: e.version,
+        ttl_remaining_ms: e.ttl_remaining.map_or(0, |d| d.as_millis().max(1) as u64),
     }
 }
 

@@ -11,11 +11,11 @@ impl From<NodeError> for Status {
         match e {
             NodeError::EmptyKey
             | NodeError::KeyTooLong { .. }
+            | NodeError::BadNodeId(_)
             | NodeError::Store(StoreError::KeyTooLong { .. }) => Status::invalid_argument(msg),
             NodeError::ValueTooLarge { .. } | NodeError::Store(StoreError::TooLarge { .. }) => {
                 Status::resource_exhausted(msg)
             }
-            NodeError::Store(StoreError::StaleEpoch { .. }) => Status::failed_precondition(msg),
         }
     }
 }

@@ -2,7 +2,10 @@
 //! eviction and TTL, served over gRPC (`ringcache.v1.DataNode`), publishing
 //! status heartbeats and invalidation events to its subscribers.
 //!
-//! - [`store`]: the sharded LRU/TTL store.
+//! - [`store`]: the sharded LRU/TTL store of versioned entries.
+//! - [`version`]: the hybrid logical clock that stamps write versions.
+//! - [`sync`]: repair and warm-up: dirty marks, the syncing state, and
+//!   pulling entries from a peer node.
 //! - [`events`]: the numbered event bus behind `Subscribe`.
 //! - [`node`]: request validation over the store.
 //! - [`service`]: the gRPC service; [`error`] maps errors to statuses.
@@ -20,6 +23,8 @@ pub mod process;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sync;
+pub mod version;
 
 pub use config::NodeOptions;
 pub use process::shutdown_signal;

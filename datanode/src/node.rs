@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeOptions;
 use crate::events::{EventBus, EventKind};
-use crate::store::{Lookup, Store, StoreError};
+use crate::store::{Outcome, Read, Store, StoreError, Write};
+use crate::sync::{Marks, SyncState};
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum NodeError {
     KeyTooLong { len: usize, max: usize },
     #[error("value is {len} bytes, larger than the limit of {max}")]
     ValueTooLarge { len: usize, max: usize },
+    #[error("node id {0:?} is invalid")]
+    BadNodeId(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,6 +35,10 @@ pub struct Node {
     started: Instant,
     max_key_bytes: usize,
     max_value_bytes: usize,
+    auth_token: Option<String>,
+    sync_rate: u64,
+    sync: SyncState,
+    marks: Marks,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
 }
@@ -46,6 +53,10 @@ impl Node {
             started: Instant::now(),
             max_key_bytes: opts.max_key_bytes,
             max_value_bytes: opts.max_value_bytes,
+            auth_token: opts.auth_token.clone(),
+            sync_rate: opts.sync_rate,
+            sync: SyncState::new(),
+            marks: Marks::default(),
             shutdown,
         })
     }
@@ -65,6 +76,21 @@ impl Node {
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
     }
+    pub fn sync_state(&self) -> &SyncState {
+        &self.sync
+    }
+    pub fn marks(&self) -> &Marks {
+        &self.marks
+    }
+    pub fn auth_token(&self) -> Option<&str> {
+        self.auth_token.as_deref()
+    }
+    pub fn sync_rate(&self) -> u64 {
+        self.sync_rate
+    }
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
 
     fn check_key(&self, key: &str) -> Result<(), NodeError> {
         if key.is_empty() {
@@ -79,19 +105,24 @@ impl Node {
         Ok(())
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Lookup>, NodeError> {
+    /// `None` when `consistent` and the node is syncing: it may lack writes,
+    /// so it gives no answer at all.
+    pub fn get(&self, key: &str, consistent: bool) -> Result<Option<Read>, NodeError> {
         self.check_key(key)?;
-        Ok(self.store.get(key))
+        if consistent && self.sync.is_syncing() {
+            return Ok(None);
+        }
+        Ok(Some(self.store.read(key)))
     }
 
-    /// `ttl_ms == 0` means no expiry; `epoch` fences the write (0: unfenced).
+    /// `ttl_ms == 0` means no expiry; `version == 0`: stamped by the node.
     pub fn set(
         &self,
         key: &str,
         value: &Bytes,
         ttl_ms: u64,
-        epoch: u64,
-    ) -> Result<bool, NodeError> {
+        version: u64,
+    ) -> Result<Outcome, NodeError> {
         self.check_key(key)?;
         if value.len() > self.max_value_bytes {
             return Err(NodeError::ValueTooLarge {
@@ -100,12 +131,60 @@ impl Node {
             });
         }
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-        Ok(self.store.set_fenced(key, value, ttl, epoch)?)
+        Ok(self.store.apply(Write {
+            key,
+            value: Some(value),
+            ttl,
+            version,
+        })?)
     }
 
-    pub fn delete(&self, key: &str, epoch: u64) -> Result<bool, NodeError> {
+    /// Deletes `key`, leaving a tombstone at `version` (0: the node's clock).
+    pub fn delete(&self, key: &str, version: u64) -> Result<Outcome, NodeError> {
         self.check_key(key)?;
-        Ok(self.store.delete_fenced(key, epoch)?)
+        Ok(self.store.apply(Write {
+            key,
+            value: None,
+            ttl: None,
+            version,
+        })?)
+    }
+
+    /// Records a dirty mark for `node_id` and tells subscribers at once.
+    pub fn mark(&self, node_id: &str, since: u64) -> Result<u64, NodeError> {
+        if node_id.is_empty() || node_id.len() > 1024 {
+            return Err(NodeError::BadNodeId(node_id.chars().take(64).collect()));
+        }
+        let generation = self.marks.mark(node_id, since);
+        tracing::info!(node = %node_id, since, generation, "dirty mark recorded");
+        self.publish_status();
+        Ok(generation)
+    }
+
+    pub fn clear_mark(&self, node_id: &str, generation: u64) -> bool {
+        let cleared = self.marks.clear(node_id, generation);
+        if cleared {
+            tracing::info!(node = %node_id, generation, "dirty mark cleared");
+            self.publish_status();
+        }
+        cleared
+    }
+
+    pub fn begin_sync(&self, since: u64) -> (u64, u64) {
+        let r = self.sync.begin(since);
+        tracing::info!(since = r.1, generation = r.0, "syncing");
+        self.publish_status();
+        r
+    }
+
+    pub fn end_sync(&self, generation: u64) -> bool {
+        let was = self.sync.is_syncing();
+        let synced = self.sync.end(generation);
+        if was && synced {
+            tracing::info!(generation, "synced: readable again");
+            self.publish_status();
+        }
+        synced
     }
 
     /// Publishes one status heartbeat on the event bus.

@@ -27,29 +27,27 @@ impl DataNodeService {
 }
 
 fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, Status> {
-    Ok(match node.get(&req.key)? {
-        Some(l) => pb::GetResponse {
-            found: true,
-            value: l.value,
-            ttl_remaining_ms: l.ttl_remaining.map_or(0, |d| d.as_millis().max(1) as u64),
-            seq: l.seq,
-        },
-        None => pb::GetResponse {
-            found: false,
-            seq: node.store().events().last_seq(),
-            ..Default::default()
-        },
-    })
+    let read = node.get(&req.key, req.consistent)?;
+    Ok(convert::read(read, node.store().events().last_seq()))
 }
 
 fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, Status> {
-    let replaced = node.set(&req.key, &req.value, req.ttl_ms, req.epoch)?;
-    Ok(pb::SetResponse { replaced })
+    let (replaced, superseded, version) =
+        convert::outcome(node.set(&req.key, &req.value, req.ttl_ms, req.version)?);
+    Ok(pb::SetResponse {
+        replaced,
+        superseded,
+        version,
+    })
 }
 
 fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
-    let deleted = node.delete(&req.key, req.epoch)?;
-    Ok(pb::DeleteResponse { deleted })
+    let (deleted, superseded, version) = convert::outcome(node.delete(&req.key, req.version)?);
+    Ok(pb::DeleteResponse {
+        deleted,
+        superseded,
+        version,
+    })
 }
 
 /// Runs one operation of a batch; errors travel inside the result so that
@@ -100,9 +98,9 @@ impl DataNode for DataNodeService {
         &self,
         _req: Request<pb::FlushRequest>,
     ) -> Result<Response<pb::FlushResponse>, Status> {
-        let (removed, epoch) = self.node.store().flush();
-        tracing::info!(removed, epoch, "flushed");
-        Ok(Response::new(pb::FlushResponse { removed, epoch }))
+        let removed = self.node.store().flush();
+        tracing::info!(removed, "flushed");
+        Ok(Response::new(pb::FlushResponse { removed }))
     }
 
     async fn stats(
@@ -174,5 +172,79 @@ impl DataNode for DataNodeService {
             })
             .take_until(self.node.shutdown_token().clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[instrument(skip_all, fields(node = %req.get_ref().node_id, since = req.get_ref().since))]
+    async fn mark(&self, req: Request<pb::MarkRequest>) -> Result<Response<pb::MarkResponse>, Status> {
+        let r = req.get_ref();
+        let generation = self.node.mark(&r.node_id, r.since)?;
+        Ok(Response::new(pb::MarkResponse { generation }))
+    }
+
+    async fn clear_mark(
+        &self,
+        req: Request<pb::ClearMarkRequest>,
+    ) -> Result<Response<pb::ClearMarkResponse>, Status> {
+        let r = req.get_ref();
+        let cleared = self.node.clear_mark(&r.node_id, r.generation);
+        Ok(Response::new(pb::ClearMarkResponse { cleared }))
+    }
+
+    async fn begin_sync(
+        &self,
+        req: Request<pb::BeginSyncRequest>,
+    ) -> Result<Response<pb::BeginSyncResponse>, Status> {
+        let (generation, since) = self.node.begin_sync(req.get_ref().since);
+        Ok(Response::new(pb::BeginSyncResponse { generation, since }))
+    }
+
+    async fn end_sync(
+        &self,
+        req: Request<pb::EndSyncRequest>,
+    ) -> Result<Response<pb::EndSyncResponse>, Status> {
+        let ended = self.node.end_sync(req.get_ref().generation);
+        Ok(Response::new(pb::EndSyncResponse { ended }))
+    }
+
+    type PullStream = BoxStream<pb::PullProgress>;
+
+    #[instrument(skip_all, fields(source = %req.get_ref().source, since = req.get_ref().since))]
+    async fn pull(
+        &self,
+        req: Request<pb::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let stream = crate::sync::start_pull(self.node.clone(), req.into_inner())
+            .take_until(self.node.shutdown_token().clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ScanStream = BoxStream<pb::ScanBatch>;
+
+    #[instrument(skip_all, fields(since = req.get_ref().since, ranges = req.get_ref().ranges.len()))]
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<Self::ScanStream>, Status> {
+        let r = req.into_inner();
+        let stream = crate::sync::scan_batches(
+            self.node.store().clone(),
+            crate::sync::ranges(&r.ranges),
+            r.since,
+            self.node.sync_rate(),
+        )
+        .take_until(self.node.shutdown_token().clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let removed = self
+            .node
+            .store()
+            .prune(&crate::sync::ranges(&req.get_ref().ranges));
+        tracing::info!(removed, "pruned ranges that may be stale");
+        Ok(Response::new(pb::PruneResponse { removed }))
     }
 }

@@ -8,6 +8,13 @@
 //! inside them. Entries with a TTL are also indexed by expiry time, so the
 //! sweeper removes expired entries without scanning the whole shard.
 //!
+//! Every entry carries a version ([`crate::version`]); a write is applied
+//! only if it is newer than the key's entry, or, for a key the shard does
+//! not hold, newer than the shard's *floor*: the largest version the shard
+//! dropped without a trace (evicted, expired, flushed). Deletes leave
+//! tombstones for a bounded time. So replicas converge whatever order writes
+//! arrive in, and a delayed write never brings back an older value.
+//!
 //! Every change (set, delete, eviction, expiry, flush) is published on the
 //! [`EventBus`] while the shard lock is held, so the events for one key are
 //! numbered in the order the changes happened.
@@ -22,14 +29,18 @@ use tokio::time::Instant;
 
 use crate::compact_lru::{CompactLru, Item};
 use crate::events::{lock, Cause, EventBus, EventKind};
+use crate::version::Hlc;
 
 /// Bytes charged per entry on top of its key and value, so that the limit
 /// tracks real memory: the entry's allocation header (reference counts,
-/// expiry, key length: 26 bytes) and the allocator's rounding, the 24-byte
-/// list node and the index slot (with their tables' spare capacity). RSS
-/// per item measured by `bench/run.sh` (1M items of 10 + 100 bytes) should
-/// stay at or below this.
-pub const ENTRY_OVERHEAD: u64 = 80;
+/// expiry, version, key length: 34 bytes) and the allocator's rounding, the
+/// 24-byte list node and the index slot (with their tables' spare capacity).
+/// RSS per item measured by `bench/run.sh` (1M items of 10 + 100 bytes)
+/// should stay at or below this.
+pub const ENTRY_OVERHEAD: u64 = 88;
+
+/// How long a tombstone is kept by default.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 
 /// Sizes of a store.
 #[derive(Debug, Clone)]
@@ -40,6 +51,8 @@ pub struct StoreConfig {
     pub max_items: Option<u64>,
     /// Number of independently locked shards.
     pub shards: usize,
+    /// How long a deleted key's tombstone is kept.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +61,7 @@ impl Default for StoreConfig {
             max_memory: 256 * 1024 * 1024,
             max_items: None,
             shards: 64,
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
         }
     }
 }
@@ -59,11 +73,9 @@ pub enum StoreError {
     TooLarge { size: u64, limit: u64 },
     #[error("key of {len} bytes is longer than 65535 bytes")]
     KeyTooLong { len: usize },
-    #[error("write fenced with epoch {got}, older than the node's epoch {current}")]
-    StaleEpoch { got: u64, current: u64 },
 }
 
-/// A value found by [`Store::get`].
+/// A value found by [`Store::read`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {
     pub value: Bytes,
@@ -72,12 +84,69 @@ pub struct Lookup {
     /// Latest event sequence number when the value was read: any later change
     /// to the key is published with a larger number.
     pub seq: u64,
+    pub version: u64,
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    Hit(Lookup),
+    /// The key was deleted at `version`: a final answer.
+    Deleted { version: u64, seq: u64 },
+    /// Nothing known about the key (never written, evicted or expired).
+    Miss { seq: u64 },
+}
+
+impl Read {
+    pub fn hit(self) -> Option<Lookup> {
+        match self {
+            Read::Hit(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// What a versioned write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored at `version`; `replaced` when a live value was there before.
+    Applied { replaced: bool, version: u64 },
+    /// Not applied: the store holds, or dropped, `version`, which is newer.
+    Superseded { version: u64 },
+}
+
+/// A versioned write: a value, or a tombstone when `value` is `None`.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    pub key: &'a str,
+    pub value: Option<&'a [u8]>,
+    pub ttl: Option<Duration>,
+    /// 0: stamped with the store's own clock.
+    pub version: u64,
+}
+
+/// One entry as a scan hands it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanEntry {
+    pub key: String,
+    /// `None` for a tombstone.
+    pub value: Option<Bytes>,
+    pub version: u64,
+    pub ttl_remaining: Option<Duration>,
+}
+
+/// Where a scan continues: shard and slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    shard: usize,
+    slot: usize,
 }
 
 /// Counters and gauges of a store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub items: u64,
+    pub tombstones: u64,
     pub bytes_used: u64,
     pub memory_limit: u64,
     pub max_items: u64,
@@ -86,6 +155,59 @@ pub struct StoreStats {
     pub evictions: u64,
     pub expirations: u64,
     pub ops: u64,
+}
+
+/// A set of key-hash ranges, `start < h <= end`, wrapping around zero when
+/// `start >= end`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashRanges {
+    /// Non-wrapping inclusive intervals, sorted by start.
+    spans: Vec<(u64, u64)>,
+}
+
+impl HashRanges {
+    /// From `(start, end]` pairs as the protocol carries them.
+    pub fn new(ranges: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut spans = Vec::new();
+        for (start, end) in ranges {
+            if start < end {
+                spans.push((start + 1, end));
+            } else {
+                // Wraps: (start, MAX] and [0, end].
+                if start < u64::MAX {
+                    spans.push((start + 1, u64::MAX));
+                }
+                spans.push((0, end));
+            }
+        }
+        spans.sort_unstable();
+        // Merge overlapping and adjacent spans, so a lookup checks just one.
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+        for (s, e) in spans {
+            match merged.last_mut() {
+                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        Self { spans: merged }
+    }
+
+    /// Every hash.
+    pub fn all() -> Self {
+        Self {
+            spans: vec![(0, u64::MAX)],
+        }
+    }
+
+    pub fn contains(&self, h: u64) -> bool {
+        let i = self.spans.partition_point(|&(s, _)| s <= h);
+        i > 0 && h <= self.spans[i - 1].1
+    }
+}
+
+/// The hash a key is placed by on the ring, and selected by in scans.
+pub fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 /// Handle to a shared store; cloning it is cheap.
@@ -100,10 +222,12 @@ struct Inner {
     memory_limit: u64,
     max_items: u64,
     counters: Counters,
-    /// Flush epoch: raised by every flush while all shard locks are held, and
-    /// checked by fenced writes under their shard lock, so a write is either
-    /// ordered before a flush or refused.
-    epoch: AtomicU64,
+    /// The largest version seen; stamps unversioned writes.
+    clock: Hlc,
+    /// Versions at or above this may have been lost by this store besides
+    /// what the shard floors say: the instance's start, and prunes.
+    lost_base: AtomicU64,
+    tombstone_ttl_ms: u64,
     /// Expiry times are milliseconds since this instant (0: no expiry).
     clock_start: Instant,
 }
@@ -119,22 +243,14 @@ struct Counters {
 
 struct Shard {
     lru: CompactLru,
-    /// (expiry in store ms, slot) of every entry with a TTL.
+    /// (expiry in store ms, slot) of every entry with a TTL or a tombstone.
     expiries: BTreeSet<(u64, u32)>,
     used: u64,
+    tombstones: u64,
     byte_limit: u64,
     item_limit: u64,
-}
-
-/// A new instance starts its flush epochs at the wall clock in nanoseconds,
-/// above any epoch an earlier instance reached (it would take a flush per
-/// nanosecond to catch up), so a write fenced for an earlier instance can
-/// never pass as current on this one.
-fn first_epoch() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        .max(1)
+    /// Largest version dropped without a trace.
+    floor: u64,
 }
 
 fn entry_size(key: &str, value: &[u8]) -> u64 {
@@ -142,7 +258,7 @@ fn entry_size(key: &str, value: &[u8]) -> u64 {
 }
 
 fn item_size(item: &Item) -> u64 {
-    item.key().len() as u64 + item.value().len() as u64 + ENTRY_OVERHEAD
+    item.payload_len() as u64 + ENTRY_OVERHEAD
 }
 
 fn is_expired(item: &Item, now_ms: u64) -> bool {
@@ -155,19 +271,37 @@ fn key_str(item: &Item) -> Arc<str> {
     Arc::from(String::from_utf8_lossy(item.key()))
 }
 
+/// Whether `new` beats `cur` at equal versions (practically never: two
+/// writers with the same id in the same tick). Every replica decides the
+/// same way: a tombstone beats a value, then the larger value wins.
+fn wins_tie(new: Option<&[u8]>, cur: &Item) -> bool {
+    match (new, cur.is_tombstone()) {
+        (None, _) => false,
+        (Some(_), true) => false,
+        (Some(v), false) => v > cur.value(),
+    }
+}
+
 impl Shard {
     /// Forgets the accounting and expiry slot of an entry just removed.
     fn forget(&mut self, slot: u32, item: &Item) {
         self.used -= item_size(item);
+        if item.is_tombstone() {
+            self.tombstones -= 1;
+        }
         if item.expires() != 0 {
             self.expiries.remove(&(item.expires(), slot));
         }
     }
 
-    fn remove(&mut self, key: &str) -> Option<Item> {
-        let (slot, item) = self.lru.remove(key.as_bytes())?;
-        self.forget(slot, &item);
-        Some(item)
+    /// Forgets an entry that leaves no trace: later writes must beat it.
+    fn drop_traceless(&mut self, slot: u32, item: &Item) {
+        self.forget(slot, item);
+        self.floor = self.floor.max(item.version());
+    }
+
+    fn live_items(&self) -> u64 {
+        self.lru.len() as u64 - self.tombstones
     }
 }
 
@@ -189,11 +323,16 @@ impl Store {
                     lru: CompactLru::default(),
                     expiries: BTreeSet::new(),
                     used: 0,
+                    tombstones: 0,
                     byte_limit,
                     item_limit,
+                    floor: 0,
                 })
             })
             .collect();
+        let clock = Hlc::random();
+        // A new instance holds nothing written before it started.
+        let started = clock.now();
         Self {
             inner: Arc::new(Inner {
                 shards,
@@ -201,7 +340,9 @@ impl Store {
                 memory_limit: config.max_memory,
                 max_items: config.max_items.unwrap_or(0),
                 counters: Counters::default(),
-                epoch: AtomicU64::new(first_epoch()),
+                clock,
+                lost_base: AtomicU64::new(started),
+                tombstone_ttl_ms: (config.tombstone_ttl.as_millis() as u64).max(1),
                 clock_start: Instant::now(),
             }),
         }
@@ -212,12 +353,27 @@ impl Store {
         &self.inner.events
     }
 
-    fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        // Multiply-shift maps the hash onto the shard count without the bias
-        // or the division of a modulo.
-        let i = ((h as u128 * self.inner.shards.len() as u128) >> 64) as usize;
+    /// The store's clock: the largest version seen.
+    pub fn clock(&self) -> &Hlc {
+        &self.inner.clock
+    }
+
+    /// Largest entry (key + value + overhead) a shard can hold.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.inner.memory_limit / self.inner.shards.len() as u64
+    }
+
+    fn shard_of(&self, h: u64) -> &Mutex<Shard> {
+        // The low bits: the ring places keys by the high ones, so using them
+        // here would crowd this node's keys into a few shards. Multiply-shift
+        // maps them onto the shard count without a division.
+        let low = h as u32 as u64;
+        let i = ((low * self.inner.shards.len() as u64) >> 32) as usize;
         &self.inner.shards[i]
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        self.shard_of(key_hash(key))
     }
 
     fn publish(&self, key: Arc<str>, cause: Cause) -> u64 {
@@ -232,108 +388,193 @@ impl Store {
         since.as_millis() as u64 + 1
     }
 
+    /// Removes an expired entry found by a lookup, and says so.
+    fn expire(&self, shard: &mut Shard, key: &str) {
+        if let Some((slot, item)) = shard.lru.remove(key.as_bytes()) {
+            shard.drop_traceless(slot, &item);
+            if !item.is_tombstone() {
+                self.inner
+                    .counters
+                    .expirations
+                    .fetch_add(1, Ordering::Relaxed);
+                self.publish(key_str(&item), Cause::Expired);
+            }
+        }
+    }
+
     /// Looks `key` up and marks it most recently used. An expired entry is
     /// removed and reported as absent.
-    pub fn get(&self, key: &str) -> Option<Lookup> {
+    pub fn read(&self, key: &str) -> Read {
         let c = &self.inner.counters;
         c.ops.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         let mut shard = lock(self.shard(key));
+        let seq = || self.inner.events.last_seq();
         let found = match shard.lru.get(key.as_bytes()) {
-            Some((_, item)) if !is_expired(item, now) => Some(Lookup {
-                value: item.value_bytes(),
-                ttl_remaining: (item.expires() != 0)
-                    .then(|| Duration::from_millis(item.expires() - now)),
-                seq: self.inner.events.last_seq(),
-            }),
-            Some(_) => {
-                if let Some(item) = shard.remove(key) {
-                    c.expirations.fetch_add(1, Ordering::Relaxed);
-                    self.publish(key_str(&item), Cause::Expired);
+            Some((_, item)) if !is_expired(item, now) => {
+                if item.is_tombstone() {
+                    Read::Deleted {
+                        version: item.version(),
+                        seq: seq(),
+                    }
+                } else {
+                    Read::Hit(Lookup {
+                        value: item.value_bytes(),
+                        ttl_remaining: (item.expires() != 0)
+                            .then(|| Duration::from_millis(item.expires() - now)),
+                        seq: seq(),
+                        version: item.version(),
+                    })
                 }
-                None
             }
-            None => None,
+            Some(_) => {
+                self.expire(&mut shard, key);
+                Read::Miss { seq: seq() }
+            }
+            None => Read::Miss { seq: seq() },
         };
         drop(shard);
         match found {
-            Some(_) => c.hits.fetch_add(1, Ordering::Relaxed),
-            None => c.misses.fetch_add(1, Ordering::Relaxed),
+            Read::Hit(_) => c.hits.fetch_add(1, Ordering::Relaxed),
+            _ => c.misses.fetch_add(1, Ordering::Relaxed),
         };
         found
     }
 
-    /// The current flush epoch.
-    pub fn epoch(&self) -> u64 {
-        self.inner.epoch.load(Ordering::Acquire)
+    /// [`Store::read`] of a live value only.
+    pub fn get(&self, key: &str) -> Option<Lookup> {
+        self.read(key).hit()
     }
 
-    /// Refuses a write fenced with an epoch older than the current one.
-    /// Called with the key's shard lock held.
-    fn check_fence(&self, fence: u64) -> Result<(), StoreError> {
-        let current = self.epoch();
-        if fence != 0 && fence < current {
-            return Err(StoreError::StaleEpoch {
-                got: fence,
-                current,
-            });
-        }
-        Ok(())
-    }
-
-    /// Inserts or replaces `key`. Returns whether a live value was replaced.
-    /// Least recently used entries of the key's shard are evicted to make room.
-    pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
-        self.set_fenced(key, value, ttl, 0)
-    }
-
-    /// [`Store::set`] refused when `fence` (unless 0) is older than the epoch.
-    pub fn set_fenced(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Option<Duration>,
-        fence: u64,
-    ) -> Result<bool, StoreError> {
+    /// Applies a versioned write (see the module doc). Least recently used
+    /// entries of the key's shard are evicted to make room.
+    pub fn apply(&self, w: Write<'_>) -> Result<Outcome, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
-        // Entries store the key length in 16 bits.
+        let Write {
+            key,
+            value,
+            ttl,
+            version,
+        } = w;
         if key.len() > crate::config::MAX_KEY_LIMIT {
             return Err(StoreError::KeyTooLong { len: key.len() });
         }
-        let size = entry_size(key, value);
+        let version = if version == 0 {
+            self.inner.clock.next()
+        } else {
+            self.inner.clock.observe(version);
+            version
+        };
+        let size = entry_size(key, value.unwrap_or_default());
+        let now = self.now_ms();
         let mut shard = lock(self.shard(key));
-        self.check_fence(fence)?;
+        // (expired, version, newer, live value) of what the shard holds.
+        let held = shard.lru.peek(key.as_bytes()).map(|(_, cur)| {
+            let cv = cur.version();
+            let newer = version > cv || (version == cv && wins_tie(value, cur));
+            (is_expired(cur, now), cv, newer, !cur.is_tombstone())
+        });
+        let replaced = match held {
+            Some((true, ..)) => {
+                self.expire(&mut shard, key);
+                false
+            }
+            Some((false, cv, newer, live)) => {
+                if !newer {
+                    return Ok(Outcome::Superseded { version: cv });
+                }
+                live
+            }
+            None => false,
+        };
+        if !matches!(held, Some((false, ..))) && version <= shard.floor {
+            return Ok(Outcome::Superseded {
+                version: shard.floor,
+            });
+        }
         if size > shard.byte_limit {
+            // The write is newer than what this shard holds for the key, but
+            // cannot be stored here: drop the older copy (as an eviction
+            // would, raising the floor) so that it is never served.
+            if let Some((slot, old)) = shard.lru.remove(key.as_bytes()) {
+                shard.forget(slot, &old);
+                self.publish(Arc::from(key), Cause::Evicted);
+            }
+            shard.floor = shard.floor.max(version);
             return Err(StoreError::TooLarge {
                 size,
                 limit: shard.byte_limit,
             });
         }
-        let now = self.now_ms();
-        let replaced = match shard.remove(key) {
-            Some(old) => !is_expired(&old, now),
-            None => false,
+        let expires = match value {
+            None => now.saturating_add(self.inner.tombstone_ttl_ms),
+            Some(_) => ttl.map_or(0, |t| now.saturating_add((t.as_millis() as u64).max(1))),
         };
-        let expires = ttl.map_or(0, |t| now.saturating_add((t.as_millis() as u64).max(1)));
-        // One allocation of exactly the entry's size: a value sliced out of a
-        // request buffer would pin the whole buffer.
-        let (slot, _) = shard.lru.insert(Item::new(key.as_bytes(), value, expires));
+        let item = Item::new(key.as_bytes(), value, expires, version)
+            .map_err(|e| StoreError::KeyTooLong { len: e.0 })?;
+        let (slot, old) = shard.lru.insert(item);
+        if let Some((old_slot, old)) = old {
+            shard.forget(old_slot, &old);
+        }
         if expires != 0 {
             shard.expiries.insert((expires, slot));
         }
+        if value.is_none() {
+            shard.tombstones += 1;
+        }
         shard.used += size;
         self.evict_over_limit(&mut shard, now);
-        self.publish(Arc::from(key), Cause::Set);
-        Ok(replaced)
+        // A delete of a key with no live value changes nothing a reader
+        // could have seen: no event.
+        match value {
+            Some(_) => {
+                self.publish(Arc::from(key), Cause::Set);
+            }
+            None if replaced => {
+                self.publish(Arc::from(key), Cause::Delete);
+            }
+            None => {}
+        }
+        Ok(Outcome::Applied { replaced, version })
+    }
+
+    /// Inserts or replaces `key` at a version from the store's own clock.
+    /// Returns whether a live value was replaced.
+    pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+        let w = Write {
+            key,
+            value: Some(value),
+            ttl,
+            version: 0,
+        };
+        Ok(matches!(
+            self.apply(w)?,
+            Outcome::Applied { replaced: true, .. }
+        ))
+    }
+
+    /// Deletes `key` (leaving a tombstone) at a version from the store's own
+    /// clock. Returns whether a live value was removed.
+    pub fn delete(&self, key: &str) -> bool {
+        let w = Write {
+            key,
+            value: None,
+            ttl: None,
+            version: 0,
+        };
+        matches!(self.apply(w), Ok(Outcome::Applied { replaced: true, .. }))
     }
 
     fn evict_over_limit(&self, shard: &mut Shard, now: u64) {
         let c = &self.inner.counters;
-        while shard.used > shard.byte_limit || shard.lru.len() as u64 > shard.item_limit {
+        while shard.used > shard.byte_limit || shard.live_items() > shard.item_limit {
             let Some((slot, item)) = shard.lru.pop_lru() else {
                 break;
             };
-            shard.forget(slot, &item);
+            shard.drop_traceless(slot, &item);
+            if item.is_tombstone() {
+                continue;
+            }
             // An entry that had already expired leaves for that reason.
             if is_expired(&item, now) {
                 c.expirations.fetch_add(1, Ordering::Relaxed);
@@ -345,59 +586,137 @@ impl Store {
         }
     }
 
-    /// Removes `key`. Returns whether a live value was removed.
-    pub fn delete(&self, key: &str) -> bool {
-        matches!(self.delete_fenced(key, 0), Ok(true))
-    }
-
-    /// [`Store::delete`] refused when `fence` (unless 0) is older than the epoch.
-    pub fn delete_fenced(&self, key: &str, fence: u64) -> Result<bool, StoreError> {
-        self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        let mut shard = lock(self.shard(key));
-        self.check_fence(fence)?;
-        Ok(match shard.remove(key) {
-            Some(item) => {
-                let live = !is_expired(&item, now);
-                if !live {
-                    self.inner
-                        .counters
-                        .expirations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                self.publish(
-                    Arc::from(key),
-                    if live { Cause::Delete } else { Cause::Expired },
-                );
-                live
-            }
-            None => false,
-        })
-    }
-
-    /// Removes every entry and raises the epoch; returns how many entries
-    /// there were and the new epoch. Publishes one `Flush` event after all
-    /// shards are empty.
-    pub fn flush(&self) -> (u64, u64) {
+    /// Removes every entry and raises every floor to the clock, so no write
+    /// stamped before the flush can land after it. Returns how many entries
+    /// there were. Publishes one `Flush` event after all shards are empty.
+    pub fn flush(&self) -> u64 {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
         // Hold every shard lock while clearing, so no write can land between
-        // the clear and the event and be wrongly covered by it.
+        // the clear and the event and be wrongly covered by it. The maps are
+        // swapped out under the locks and freed after.
         let mut guards: Vec<_> = self.inner.shards.iter().map(|s| lock(s)).collect();
+        let floor = self.inner.clock.latest().max(self.inner.clock.now());
         let mut removed = 0;
+        let mut old = Vec::with_capacity(guards.len());
         for shard in guards.iter_mut() {
-            removed += shard.lru.len() as u64;
-            shard.lru.clear();
+            removed += shard.live_items();
+            old.push(std::mem::take(&mut shard.lru));
             shard.expiries.clear();
             shard.used = 0;
+            shard.tombstones = 0;
+            shard.floor = shard.floor.max(floor);
         }
-        let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.publish(Arc::from(""), Cause::Flush);
         drop(guards);
-        (removed, epoch)
+        drop(old);
+        removed
+    }
+
+    /// Drops every entry (tombstones too) whose key hash is in `ranges`,
+    /// without raising floors: a pull refills them. Raises `lost_after`.
+    pub fn prune(&self, ranges: &HashRanges) -> u64 {
+        self.inner
+            .lost_base
+            .fetch_max(self.inner.clock.now(), Ordering::AcqRel);
+        let mut removed = 0;
+        for s in self.inner.shards.iter() {
+            let mut shard = lock(s);
+            let mut slots = Vec::new();
+            let mut from = 0;
+            while let Some(next) = shard.lru.visit_slots(from, usize::MAX, |slot, item| {
+                if ranges.contains(xxhash_rust::xxh3::xxh3_64(item.key())) {
+                    slots.push(slot);
+                }
+            }) {
+                from = next;
+            }
+            for slot in slots {
+                if let Some(item) = shard.lru.remove_slot(slot) {
+                    shard.forget(slot, &item);
+                    if !item.is_tombstone() {
+                        removed += 1;
+                        self.publish(key_str(&item), Cause::Evicted);
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Versions at or above this may have been lost by this store: dropped
+    /// without a trace (the shard floors), or never held because the
+    /// instance started or pruned after them.
+    pub fn lost_after(&self) -> u64 {
+        let floors = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| lock(s).floor)
+            .max()
+            .unwrap_or(0);
+        floors.max(self.inner.lost_base.load(Ordering::Acquire))
+    }
+
+    /// Entries (tombstones too) with versions from `since` on whose key hash
+    /// is in `ranges`, from `cursor` on, until `max_slots` slots were
+    /// examined or `max_bytes` of keys and values collected; also how many
+    /// entries were examined, and the cursor to continue from (`None` at the
+    /// end). Holds one shard lock at a time, for at most 64 slots.
+    pub fn scan(
+        &self,
+        ranges: &HashRanges,
+        since: u64,
+        cursor: ScanCursor,
+        max_slots: usize,
+        max_bytes: usize,
+    ) -> (Vec<ScanEntry>, u64, Option<ScanCursor>) {
+        const STEP: usize = 64;
+        let now = self.now_ms();
+        let mut items = Vec::new();
+        let (mut examined, mut visited, mut bytes) = (0, 0, 0);
+        let mut cur = cursor;
+        while cur.shard < self.inner.shards.len() && visited < max_slots && bytes < max_bytes {
+            let shard = lock(&self.inner.shards[cur.shard]);
+            let next = shard.lru.visit_slots(cur.slot, STEP, |_, item| {
+                examined += 1;
+                if item.version() >= since
+                    && !is_expired(item, now)
+                    && ranges.contains(xxhash_rust::xxh3::xxh3_64(item.key()))
+                {
+                    bytes += item.payload_len();
+                    items.push(item.clone());
+                }
+            });
+            drop(shard);
+            visited += STEP;
+            cur = match next {
+                Some(slot) => ScanCursor {
+                    shard: cur.shard,
+                    slot,
+                },
+                None => ScanCursor {
+                    shard: cur.shard + 1,
+                    slot: 0,
+                },
+            };
+        }
+        let entries = items
+            .into_iter()
+            .map(|item| ScanEntry {
+                key: String::from_utf8_lossy(item.key()).into_owned(),
+                value: (!item.is_tombstone()).then(|| item.value_bytes()),
+                version: item.version(),
+                ttl_remaining: (item.expires() != 0 && !item.is_tombstone())
+                    .then(|| Duration::from_millis(item.expires().saturating_sub(now).max(1))),
+            })
+            .collect();
+        let next = (cur.shard < self.inner.shards.len()).then_some(cur);
+        (entries, examined, next)
     }
 
     /// Removes entries whose TTL has passed, at most `budget` per shard lock
-    /// hold so that readers are never held up for long. Returns the count.
+    /// hold so that readers are never held up for long. Returns the count of
+    /// live values removed (tombstones that ran out are not counted).
     pub fn purge_expired(&self, budget: usize) -> u64 {
         let budget = budget.max(1);
         let mut purged = 0;
@@ -415,9 +734,15 @@ impl Store {
                         break;
                     };
                     if let Some(item) = shard.lru.remove_slot(slot) {
+                        // The expiry entry is already gone: forget the rest.
                         shard.used -= item_size(&item);
-                        self.publish(key_str(&item), Cause::Expired);
-                        purged += 1;
+                        shard.floor = shard.floor.max(item.version());
+                        if item.is_tombstone() {
+                            shard.tombstones -= 1;
+                        } else {
+                            self.publish(key_str(&item), Cause::Expired);
+                            purged += 1;
+                        }
                     }
                     n += 1;
                 }
@@ -434,17 +759,28 @@ impl Store {
         purged
     }
 
+    /// Entries (live and tombstones) in the store.
+    pub fn entries(&self) -> u64 {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).lru.len() as u64)
+            .sum()
+    }
+
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> StoreStats {
-        let (mut items, mut bytes_used) = (0, 0);
+        let (mut items, mut tombstones, mut bytes_used) = (0, 0, 0);
         for s in self.inner.shards.iter() {
             let shard = lock(s);
-            items += shard.lru.len() as u64;
+            items += shard.live_items();
+            tombstones += shard.tombstones;
             bytes_used += shard.used;
         }
         let c = &self.inner.counters;
         StoreStats {
             items,
+            tombstones,
             bytes_used,
             memory_limit: self.inner.memory_limit,
             max_items: self.inner.max_items,
@@ -456,7 +792,6 @@ impl Store {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +803,7 @@ mod tests {
                 max_memory,
                 max_items,
                 shards,
+                tombstone_ttl: Duration::from_secs(60),
             },
             EventBus::new(1024),
         )
@@ -495,7 +831,9 @@ mod tests {
         assert!(!s.delete("k"));
         assert_eq!(s.get("k"), None);
         let st = s.stats();
-        assert_eq!((st.items, st.bytes_used), (0, 0));
+        // What is left is the tombstone.
+        assert_eq!((st.items, st.tombstones), (0, 1));
+        assert_eq!(st.bytes_used, entry_size("k", b""));
         assert_eq!((st.hits, st.misses), (2, 2));
     }
 
@@ -626,7 +964,7 @@ mod tests {
         s.delete("a");
         s.delete("missing");
         let seq_before_flush = s.events().last_seq();
-        let (removed, _) = s.flush();
+        let removed = s.flush();
         assert_eq!(removed, 1);
         let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         let seqs: Vec<_> = got.iter().map(|e| e.seq).collect();
@@ -651,41 +989,214 @@ mod tests {
         assert_eq!(s.stats().items, 0);
     }
 
-    #[tokio::test]
-    async fn writes_fenced_before_a_flush_are_refused() {
-        let s = store(1 << 20, None, 2);
-        let e1 = s.epoch();
-        assert_eq!(s.set_fenced("k", b"v", None, e1), Ok(false));
-        let (_, e2) = s.flush();
-        assert_eq!(e2, e1 + 1);
-        // A request issued before the flush, arriving after it.
-        let stale = Err(StoreError::StaleEpoch {
-            got: e1,
-            current: e2,
-        });
-        assert_eq!(s.set_fenced("k", b"old", None, e1), stale);
-        assert_eq!(s.delete_fenced("k", e1), stale);
-        assert_eq!(s.get("k"), None);
-        // Current and unfenced writes go through.
-        assert_eq!(s.set_fenced("k", b"new", None, e2), Ok(false));
-        assert_eq!(s.set_fenced("k", b"any", None, 0), Ok(true));
-        assert_eq!(s.delete_fenced("k", e2), Ok(true));
+    fn w<'a>(key: &'a str, value: Option<&'a [u8]>, version: u64) -> Write<'a> {
+        Write {
+            key,
+            value,
+            ttl: None,
+            version,
+        }
+    }
+
+    fn applied(o: Result<Outcome, StoreError>) -> bool {
+        matches!(o, Ok(Outcome::Applied { .. }))
     }
 
     #[tokio::test]
-    async fn a_new_instance_starts_above_every_epoch_of_the_last_one() {
-        let old = store(1 << 20, None, 1);
-        for _ in 0..5 {
-            old.flush();
-        }
-        let new = store(1 << 20, None, 1);
-        assert!(
-            new.epoch() > old.epoch(),
-            "{} vs {}",
-            new.epoch(),
-            old.epoch()
+    async fn writes_apply_only_when_newer_whatever_the_arrival_order() {
+        let s = store(1 << 20, None, 4);
+        assert!(applied(s.apply(w("k", Some(b"v2"), 20))));
+        // Late and duplicated writes are harmless.
+        assert_eq!(
+            s.apply(w("k", Some(b"v1"), 10)),
+            Ok(Outcome::Superseded { version: 20 })
         );
-        assert!(new.set_fenced("k", b"v", None, old.epoch()).is_err());
+        assert_eq!(
+            s.apply(w("k", Some(b"v2"), 20)),
+            Ok(Outcome::Superseded { version: 20 })
+        );
+        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"v2"));
+        assert_eq!(s.get("k").unwrap().version, 20);
+        // A delete leaves a tombstone that older writes cannot pass.
+        assert_eq!(
+            s.apply(w("k", None, 30)),
+            Ok(Outcome::Applied {
+                replaced: true,
+                version: 30
+            })
+        );
+        assert!(!applied(s.apply(w("k", Some(b"v2.5"), 25))));
+        assert_eq!(s.read("k"), Read::Deleted { version: 30, seq: s.events().last_seq() });
+        assert!(applied(s.apply(w("k", Some(b"v4"), 40))));
+        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"v4"));
+    }
+
+    #[tokio::test]
+    async fn replicas_converge_on_any_permutation_of_writes() {
+        let writes: Vec<(u64, Option<&[u8]>)> = vec![
+            (5, Some(b"a")),
+            (9, None),
+            (7, Some(b"b")),
+            (9, Some(b"c")),
+            (12, Some(b"d")),
+            (12, Some(b"e")),
+        ];
+        let mut finals = Vec::new();
+        for rot in 0..writes.len() {
+            for rev in [false, true] {
+                let s = store(1 << 20, None, 2);
+                let mut order: Vec<_> = writes.clone();
+                order.rotate_left(rot);
+                if rev {
+                    order.reverse();
+                }
+                for (v, val) in order {
+                    s.apply(w("k", val, v)).unwrap();
+                }
+                finals.push(format!("{:?}", s.read("k")).replace(&format!("seq: {}", s.events().last_seq()), ""));
+            }
+        }
+        finals.dedup();
+        assert_eq!(finals.len(), 1, "{finals:?}");
+        assert!(finals[0].contains("version: 12"), "{}", finals[0]);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_key_cannot_come_back_older() {
+        let per = entry_size("k0", b"vv");
+        let s = store(2 * per, None, 1);
+        assert!(applied(s.apply(w("k0", Some(b"vv"), 100))));
+        assert!(applied(s.apply(w("k1", Some(b"vv"), 101))));
+        assert!(applied(s.apply(w("k2", Some(b"vv"), 102))));
+        assert!(s.get("k0").is_none(), "k0 was evicted");
+        // A write of k0 delayed from before version 100 must not land.
+        assert_eq!(
+            s.apply(w("k0", Some(b"old"), 90)),
+            Ok(Outcome::Superseded { version: 100 })
+        );
+        assert!(s.get("k0").is_none());
+        assert!(s.lost_after() >= 100);
+        // Newer writes of any key go through.
+        assert!(applied(s.apply(w("k0", Some(b"new"), 103))));
+    }
+
+    #[tokio::test]
+    async fn a_flush_fences_off_every_earlier_write() {
+        let s = store(1 << 20, None, 2);
+        let before = s.clock().next();
+        s.set("k", b"v", None).unwrap();
+        s.flush();
+        assert!(!applied(s.apply(w("k", Some(b"old"), before))));
+        assert!(!applied(s.apply(w("other", Some(b"old"), before))));
+        assert!(s.get("k").is_none());
+        assert!(s.set("k", b"new", None).is_ok());
+        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"new"));
+    }
+
+    #[tokio::test]
+    async fn a_new_instance_has_lost_everything_before_it_started() {
+        // A write a second before the new instance started.
+        let v = crate::version::wall_version_ago(Duration::from_secs(1));
+        let new = store(1 << 20, None, 1);
+        assert!(new.lost_after() >= v);
+    }
+
+    #[tokio::test]
+    async fn an_entry_too_large_for_this_replica_drops_its_older_copy() {
+        let s = store(1024, None, 1);
+        assert!(applied(s.apply(w("k", Some(b"small"), 10))));
+        let big = vec![0u8; 2048];
+        assert!(matches!(
+            s.apply(w("k", Some(&big), 20)),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(s.get("k").is_none(), "the older value must not be served");
+        assert!(!applied(s.apply(w("k", Some(b"small"), 10))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tombstones_expire_and_leave_a_floor() {
+        let s = store(1 << 20, None, 1);
+        assert!(applied(s.apply(w("k", None, 50))));
+        assert_eq!(s.stats().tombstones, 1);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.purge_expired(10), 0, "tombstones are not counted");
+        let st = s.stats();
+        assert_eq!((st.tombstones, st.bytes_used), (0, 0));
+        assert!(!applied(s.apply(w("k", Some(b"late"), 40))));
+        assert!(applied(s.apply(w("k", Some(b"new"), 60))));
+    }
+
+    #[tokio::test]
+    async fn scan_returns_what_changed_since_in_the_ranges() {
+        let s = store(1 << 20, None, 8);
+        for i in 0..200u64 {
+            assert!(applied(s.apply(w(&format!("k{i}"), Some(b"v"), 1000 + i))));
+        }
+        assert!(applied(s.apply(w("k5", None, 5000))));
+        let half = HashRanges::new([(u64::MAX / 2, u64::MAX)]);
+        let mut got = Vec::new();
+        let mut cursor = ScanCursor::default();
+        let mut examined = 0;
+        loop {
+            let (entries, n, next) = s.scan(&half, 1100, cursor, 7, 1 << 20);
+            got.extend(entries);
+            examined += n;
+            match next {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        assert_eq!(examined, 200);
+        let want: Vec<String> = (0..200u64)
+            .map(|i| format!("k{i}"))
+            .filter(|k| {
+                let n: u64 = k[1..].parse().unwrap();
+                (n >= 100 || k == "k5") && key_hash(k) > u64::MAX / 2
+            })
+            .collect();
+        let mut keys: Vec<String> = got.iter().map(|e| e.key.clone()).collect();
+        keys.sort();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        assert_eq!(keys, want_sorted);
+        if let Some(e) = got.iter().find(|e| e.key == "k5") {
+            assert_eq!((e.value.is_none(), e.version), (true, 5000));
+        }
+    }
+
+    #[test]
+    fn hash_ranges_wrap_and_merge() {
+        let r = HashRanges::new([(10, 20), (u64::MAX - 5, 3), (15, 30)]);
+        for h in [11, 20, 25, 30, u64::MAX, 0, 3] {
+            assert!(r.contains(h), "{h}");
+        }
+        for h in [10, 31, 4, u64::MAX - 5, 1000] {
+            assert!(!r.contains(h), "{h}");
+        }
+        assert!(HashRanges::all().contains(0));
+        assert!(!HashRanges::default().contains(5));
+    }
+
+    #[tokio::test]
+    async fn prune_drops_the_ranges_and_raises_lost_after() {
+        let s = store(1 << 20, None, 4);
+        for i in 0..100 {
+            s.set(&format!("k{i}"), b"v", None).unwrap();
+        }
+        let before = s.lost_after();
+        let low = HashRanges::new([(u64::MAX, u64::MAX / 2)]);
+        let removed = s.prune(&low);
+        let left = (0..100)
+            .filter(|i| s.get(&format!("k{i}")).is_some())
+            .count() as u64;
+        assert_eq!(removed + left, 100);
+        assert!(removed > 20 && left > 20);
+        assert!((0..100)
+            .map(|i| format!("k{i}"))
+            .filter(|k| s.get(k).is_some())
+            .all(|k| key_hash(&k) > u64::MAX / 2));
+        assert!(s.lost_after() >= before);
     }
 
     #[tokio::test]
@@ -726,8 +1237,10 @@ mod tests {
         let mut expected = 0;
         for i in 0..500 {
             let k = format!("k{i}");
-            if let Some(l) = s.get(&k) {
-                expected += entry_size(&k, &l.value);
+            match s.read(&k) {
+                Read::Hit(l) => expected += entry_size(&k, &l.value),
+                Read::Deleted { .. } => expected += entry_size(&k, b""),
+                Read::Miss { .. } => {}
             }
         }
         assert_eq!(s.stats().bytes_used, expected);

@@ -1,39 +1,47 @@
-//! The cluster as the manager sees it: the data nodes, their health, and the
-//! routing of each request to the key's replicas on the ring.
+//! The cluster as the manager sees it: the data nodes, their health, the
+//! ring over their ids, and the routing of each request to the key's
+//! replicas (docs/design/consistency.md).
 //!
-//! Consistency rule (see the README): a node that may have missed an
-//! acknowledged write or delete (it was down, a call to it failed, or it
-//! restarted) is never read from again until it has been flushed. So every
-//! readable replica holds either the latest acknowledged value of a key or
-//! nothing, and a read can fall through from one replica's miss to the next.
+//! - Writes carry a version from this manager's hybrid logical clock; a
+//!   replica that holds something newer answers `superseded` and the write is
+//!   sent again above it.
+//! - A write acknowledged without one of its replicas (down, failed) waits
+//!   until a dirty mark for that replica is held by its peers, so the fact
+//!   that it missed writes survives this manager.
+//! - Reads go to the first synced replica; a tombstone or value is final, a
+//!   miss falls over to the next, and a value found there is written back
+//!   to the replica that missed it (read repair).
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ringcache_datanode::version::{wall_version_ago, Hlc};
 use ringcache_proto::pb;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
-use crate::client::{CallError, NodeClient};
+use crate::client::{CallError, Change, NodeClient, Read, Written};
 use crate::near_cache::NearCache;
 use crate::ring::Ring;
+
+/// Writes that lose to a newer version are sent again at most this often.
+const WRITE_ATTEMPTS: usize = 3;
 
 /// A node's state in this manager's view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum NodeState {
-    /// Not admitted yet. Another manager (or this one before a restart) may
-    /// have acknowledged writes it missed: neither read nor written until
-    /// admitted through a flush.
+    /// Not reached yet: neither read nor written.
     Unknown = 0,
+    /// Synced: read and written.
     Up = 1,
     /// Unreachable or failed a call: not read from, not written to.
     Down = 2,
-    /// Back from down and being flushed: written to, not read from.
-    Joining = 3,
+    /// Being repaired or warmed up from its peers: written to, not read from.
+    Syncing = 3,
 }
 
 impl NodeState {
@@ -42,7 +50,7 @@ impl NodeState {
             0 => Self::Unknown,
             1 => Self::Up,
             2 => Self::Down,
-            _ => Self::Joining,
+            _ => Self::Syncing,
         }
     }
 }
@@ -56,13 +64,25 @@ pub struct NodeInfo {
     pub stats: Option<pb::StatsResponse>,
 }
 
+/// This manager's record that a node missed writes: from `since` on, with
+/// the broadcast of its dirty mark to the peers (true once done).
+struct Missed {
+    since: u64,
+    marked: watch::Receiver<bool>,
+}
+
 /// One data node: its client, its state and what it reported.
 pub struct NodeHandle {
     pub client: NodeClient,
+    /// Id given with `--nodes id=addr`: the node must report it.
+    pinned_id: Option<String>,
     state: AtomicU8,
     info: Mutex<NodeInfo>,
     /// Wakes the node's membership task when a request marks it down.
     down: Notify,
+    /// Wakes the node's membership task when it must be repaired.
+    repair: Notify,
+    missed: Mutex<Option<Missed>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,16 +91,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl NodeHandle {
     pub fn new(client: NodeClient) -> Self {
+        Self::with_id(client, None)
+    }
+
+    pub fn with_id(client: NodeClient, pinned_id: Option<String>) -> Self {
+        let info = NodeInfo {
+            node_id: pinned_id.clone(),
+            ..NodeInfo::default()
+        };
         Self {
             client,
+            pinned_id,
             state: AtomicU8::new(NodeState::Unknown as u8),
-            info: Mutex::new(NodeInfo::default()),
+            info: Mutex::new(info),
             down: Notify::new(),
+            repair: Notify::new(),
+            missed: Mutex::new(None),
         }
     }
 
     pub fn addr(&self) -> &str {
         self.client.addr()
+    }
+
+    /// The node's id, once known.
+    pub fn id(&self) -> Option<String> {
+        lock(&self.info).node_id.clone()
+    }
+
+    pub fn pinned_id(&self) -> Option<&str> {
+        self.pinned_id.as_deref()
     }
 
     pub fn state(&self) -> NodeState {
@@ -92,7 +132,7 @@ impl NodeHandle {
     }
 
     pub fn writable(&self) -> bool {
-        matches!(self.state(), NodeState::Up | NodeState::Joining)
+        matches!(self.state(), NodeState::Up | NodeState::Syncing)
     }
 
     pub fn info(&self) -> NodeInfo {
@@ -103,7 +143,8 @@ impl NodeHandle {
         f(&mut lock(&self.info));
     }
 
-    /// Takes the node out of reads and writes until it has been flushed.
+    /// Takes the node out of reads and writes; it is repaired when it
+    /// answers again.
     pub fn mark_down(&self, reason: &str) {
         let prev = NodeState::from_u8(self.state.swap(NodeState::Down as u8, Ordering::AcqRel));
         if prev != NodeState::Down {
@@ -113,7 +154,7 @@ impl NodeHandle {
     }
 
     /// Moves `from` → `to` unless someone changed the state meanwhile (a
-    /// node marked down while it was being flushed must stay down).
+    /// node marked down while it was being repaired must stay down).
     pub(crate) fn transition(&self, from: NodeState, to: NodeState) -> bool {
         let ok = self
             .state
@@ -125,8 +166,34 @@ impl NodeHandle {
         ok
     }
 
+    /// Stops reading an up node and has its membership task repair it
+    /// (another manager's mark says it missed writes).
+    pub(crate) fn request_repair(&self) {
+        if self.transition(NodeState::Up, NodeState::Syncing) {
+            self.repair.notify_one();
+        }
+    }
+
     pub(crate) async fn marked_down(&self) {
         self.down.notified().await
+    }
+
+    pub(crate) async fn repair_requested(&self) {
+        self.repair.notified().await
+    }
+
+    /// The version from which this manager knows the node missed writes.
+    pub(crate) fn missed_since(&self) -> Option<u64> {
+        lock(&self.missed).as_ref().map(|m| m.since)
+    }
+
+    /// Forgets what this manager knew the node missed, if nothing was added
+    /// since `since` was read.
+    pub(crate) fn repaired(&self, since: Option<u64>) {
+        let mut m = lock(&self.missed);
+        if m.as_ref().map(|m| m.since) == since {
+            *m = None;
+        }
     }
 }
 
@@ -135,28 +202,89 @@ impl NodeHandle {
 pub enum ClusterError {
     #[error("no replica of the key is reachable")]
     Unavailable,
+    #[error("the ring is not complete yet: waiting to learn the ids of {0} node(s)")]
+    RingIncomplete(usize),
+    #[error("entry of {size} bytes is larger than replica {node} can store ({limit} bytes)")]
+    TooLarge { size: u64, limit: u64, node: String },
     #[error("{0}")]
     Rejected(CallError),
+}
+
+/// The ring over the nodes whose ids are known.
+pub struct RingView {
+    pub ring: Ring,
+    /// Ring index → node index.
+    members: Vec<usize>,
+    /// Nodes whose id is not known yet.
+    pub missing: usize,
+}
+
+impl RingView {
+    /// Node indices of `key`'s replicas, the owner first.
+    pub fn replicas(&self, key: &str, n: usize) -> Vec<usize> {
+        self.ring
+            .replicas(key, n)
+            .into_iter()
+            .map(|i| self.members[i])
+            .collect()
+    }
+
+    fn ring_index(&self, node: usize) -> Option<usize> {
+        self.members.iter().position(|&m| m == node)
+    }
+
+    /// Hash ranges whose replica sets contain `node` and every one of `also`.
+    pub fn ranges_with(&self, n: usize, node: usize, also: &[usize]) -> Vec<pb::HashRange> {
+        let Some(r) = self.ring_index(node) else {
+            return Vec::new();
+        };
+        let others: Option<Vec<usize>> = also.iter().map(|&a| self.ring_index(a)).collect();
+        let Some(others) = others else {
+            return Vec::new();
+        };
+        self.ring
+            .arcs_where(n, |set| set.contains(&r) && others.iter().all(|o| set.contains(o)))
+            .into_iter()
+            .map(|(start, end)| pb::HashRange { start, end })
+            .collect()
+    }
+
+    /// Each node's share of the key space as primary owner, by node index.
+    pub fn shares(&self, nodes: usize) -> Vec<f64> {
+        let mut out = vec![0.0; nodes];
+        for (i, s) in self.ring.shares().into_iter().enumerate() {
+            out[self.members[i]] = s;
+        }
+        out
+    }
 }
 
 /// The data nodes and the ring over them.
 pub struct Cluster {
     nodes: Vec<Arc<NodeHandle>>,
-    ring: Ring,
+    view: RwLock<Arc<RingView>>,
+    vnodes: usize,
     replicas: usize,
+    clock: Hlc,
     near: Option<Arc<NearCache>>,
 }
 
 impl Cluster {
     pub fn new(nodes: Vec<Arc<NodeHandle>>, vnodes: usize, replicas: usize) -> Self {
-        let ids: Vec<&str> = nodes.iter().map(|n| n.addr()).collect();
-        let ring = Ring::new(&ids, vnodes);
-        Self {
+        let c = Self {
             replicas: replicas.clamp(1, nodes.len().max(1)),
+            view: RwLock::new(Arc::new(RingView {
+                ring: Ring::new::<String>(&[], vnodes),
+                members: Vec::new(),
+                missing: nodes.len(),
+            })),
             nodes,
-            ring,
+            vnodes,
+            clock: Hlc::random(),
             near: None,
-        }
+        };
+        c.rebuild_ring();
+        c
     }
 
     /// Serves reads from `near` first and fills it (see [`NearCache`]).
@@ -173,58 +301,189 @@ impl Cluster {
         &self.nodes
     }
 
-    pub fn ring(&self) -> &Ring {
-        &self.ring
+    pub fn view(&self) -> Arc<RingView> {
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn replicas(&self) -> usize {
         self.replicas
     }
 
-    fn replica_nodes(&self, key: &str) -> impl Iterator<Item = &Arc<NodeHandle>> {
-        self.replica_indices(key)
-            .into_iter()
-            .map(|i| &self.nodes[i])
+    pub fn clock(&self) -> &Hlc {
+        &self.clock
     }
 
-    fn replica_indices(&self, key: &str) -> Vec<usize> {
-        self.ring.replicas(key, self.replicas)
+    /// The node with id `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.id().as_deref() == Some(id))
+    }
+
+    fn rebuild_ring(&self) {
+        let mut ids = Vec::new();
+        let mut members = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(id) = n.id() {
+                ids.push(id);
+                members.push(i);
+            }
+        }
+        let missing = self.nodes.len() - members.len();
+        let view = RingView {
+            ring: Ring::new(&ids, self.vnodes),
+            members,
+            missing,
+        };
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    /// Records the id node `index` reported. The ring is built from ids, so
+    /// two managers that reach a node by different addresses agree.
+    pub fn learn_id(&self, index: usize, id: &str) -> Result<(), String> {
+        let node = &self.nodes[index];
+        if let Some(pinned) = node.pinned_id() {
+            if pinned != id {
+                return Err(format!(
+                    "node at {} reports id {id:?}, but --nodes pins {pinned:?}",
+                    node.addr()
+                ));
+            }
+        }
+        if let Some(other) = self.index_of(id).filter(|&o| o != index) {
+            return Err(format!(
+                "node at {} reports id {id:?}, already used by the node at {}",
+                node.addr(),
+                self.nodes[other].addr()
+            ));
+        }
+        let known = node.id();
+        if known.as_deref() == Some(id) {
+            return Ok(());
+        }
+        if let Some(old) = known {
+            return Err(format!(
+                "node at {} changed its id from {old:?} to {id:?}; restart the manager to accept it",
+                node.addr()
+            ));
+        }
+        node.update_info(|i| i.node_id = Some(id.to_string()));
+        self.rebuild_ring();
+        tracing::info!(node = %node.addr(), id, "node id learned");
+        Ok(())
+    }
+
+    fn placement(&self) -> Result<Arc<RingView>, ClusterError> {
+        let view = self.view();
+        if view.missing > 0 {
+            return Err(ClusterError::RingIncomplete(view.missing));
+        }
+        Ok(view)
     }
 
     /// Sorts a failed call: a node failure takes the node out, a refusal
     /// (bad key, value too large) is the caller's answer.
-    fn failed(node: &NodeHandle, e: CallError) -> Option<ClusterError> {
+    fn failed(&self, index: usize, e: CallError) -> Option<ClusterError> {
         if e.is_node_failure() {
-            node.mark_down(&e.to_string());
+            self.missed_writes(index, &e.to_string());
             None
         } else {
             Some(ClusterError::Rejected(e))
         }
     }
 
-    /// Reads from the first readable replica that has the key, falling over
-    /// to the next on a miss, an error or a deadline.
+    /// Node `index` failed: take it out and make sure its peers hold a
+    /// dirty mark for it (once per episode; see [`Cluster::await_marked`]).
+    pub fn missed_writes(&self, index: usize, reason: &str) {
+        let node = &self.nodes[index];
+        node.mark_down(reason);
+        self.start_marking(index);
+    }
+
+    /// Starts broadcasting a dirty mark for node `index` unless one is
+    /// under way or done for the current episode.
+    fn start_marking(&self, index: usize) -> watch::Receiver<bool> {
+        let node = &self.nodes[index];
+        let mut missed = lock(&node.missed);
+        if let Some(m) = missed.as_ref() {
+            return m.marked.clone();
+        }
+        // Older than any write of this manager still in flight to the node:
+        // each is bounded by the node timeout, retries included.
+        let since = wall_version_ago(node.client.timeout() * (WRITE_ATTEMPTS as u32 + 1));
+        let (tx, rx) = watch::channel(false);
+        *missed = Some(Missed {
+            since,
+            marked: rx.clone(),
+        });
+        drop(missed);
+        let Some(id) = node.id() else {
+            // Without an id the node is in no replica set: nothing to mark.
+            let _ = tx.send(true);
+            return rx;
+        };
+        let peers: Vec<NodeClient> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| i != index && n.id().is_some())
+            .map(|(_, n)| n.client.clone())
+            .collect();
+        tokio::spawn(async move {
+            let results =
+                futures::future::join_all(peers.iter().map(|p| p.mark(&id, since))).await;
+            let held = results.iter().filter(|r| r.is_ok()).count();
+            tracing::info!(node = %id, since, held, of = peers.len(), "dirty mark broadcast");
+            let _ = tx.send(true);
+        });
+        rx
+    }
+
+    /// Waits until the peers of node `index` hold its dirty mark.
+    async fn await_marked(&self, index: usize) {
+        let mut rx = self.start_marking(index);
+        // An error means the sender is gone, which happens only once it sent.
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Reads from the first synced replica that has the key, falling over to
+    /// the next on a miss, an error or a deadline. A tombstone is final.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, ClusterError> {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
         }
+        let view = self.placement()?;
         let generation = self.near.as_ref().map(|n| n.generation(key));
+        let mut missed = Vec::new();
         let mut answered = false;
-        for i in self.replica_indices(key) {
+        for i in view.replicas(key, self.replicas) {
             let node = &self.nodes[i];
             if !node.readable() {
                 continue;
             }
             match node.client.get(key).await {
-                Ok(Some(hit)) => {
+                Ok(Read::Hit(hit)) => {
+                    self.clock.observe(hit.version);
                     if let (Some(near), Some(generation)) = (&self.near, generation) {
                         near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl, generation);
                     }
+                    self.read_repair(key, &hit, &missed);
                     return Ok(Some(hit.value));
                 }
-                Ok(None) => answered = true,
+                Ok(Read::Deleted(version)) => {
+                    self.clock.observe(version);
+                    return Ok(None);
+                }
+                Ok(Read::Miss) => {
+                    answered = true;
+                    missed.push(i);
+                }
+                Ok(Read::Syncing) => node.request_repair(),
                 Err(e) => {
-                    if let Some(err) = Self::failed(node, e) {
+                    if let Some(err) = self.failed(i, e) {
                         return Err(err);
                     }
                 }
@@ -237,71 +496,144 @@ impl Cluster {
         }
     }
 
-    /// Writes to every live replica at once; acknowledged when at least one
-    /// took it. Returns whether any replica replaced a live value. Replicas that fail are marked down (they missed the write).
+    /// Writes `hit` back, in the background, to replicas that missed it (they
+    /// evicted it, say). Versioned, so it never overwrites anything newer.
+    fn read_repair(&self, key: &str, hit: &crate::client::Hit, missed: &[usize]) {
+        for &i in missed {
+            let client = self.nodes[i].client.clone();
+            let key = key.to_string();
+            let change = Change::Set {
+                value: hit.value.clone(),
+                ttl: hit.ttl,
+            };
+            let version = hit.version;
+            tokio::spawn(async move {
+                match client.write(&key, &change, version).await {
+                    Ok(w) => tracing::debug!(%key, node = %client.addr(), ?w, "read repair"),
+                    Err(e) => tracing::debug!(%key, error = %e, "read repair failed"),
+                }
+            });
+        }
+    }
+
+    /// Writes to every writable replica at once; acknowledged when at least
+    /// one took it. Returns whether any replica replaced a live value.
     pub async fn set(
         &self,
         key: &str,
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<bool, ClusterError> {
-        self.write_all(key, |c| {
-            let value = value.clone();
-            async move { c.set(key, value, ttl).await }
-        })
-        .await
+        self.write(key, Change::Set { value, ttl }).await
     }
 
-    /// Deletes from every live replica; true if any replica held the key.
+    /// Deletes from every writable replica (leaving tombstones); true if any
+    /// replica held a live value.
     pub async fn delete(&self, key: &str) -> Result<bool, ClusterError> {
-        self.write_all(key, |c| async move { c.delete(key).await })
-            .await
+        self.write(key, Change::Delete).await
     }
 
-    /// Runs `op` on every writable replica of `key` concurrently and ORs the
-    /// answers of those that succeeded.
-    async fn write_all<'a, F, Fut>(&self, key: &'a str, op: F) -> Result<bool, ClusterError>
-    where
-        F: Fn(NodeClient) -> Fut,
-        Fut: std::future::Future<Output = Result<bool, CallError>> + 'a,
-    {
-        let targets: Vec<&Arc<NodeHandle>> =
-            self.replica_nodes(key).filter(|n| n.writable()).collect();
-        if targets.is_empty() {
-            return Err(ClusterError::Unavailable);
+    /// Refuses a value that one of the replicas could not store, before
+    /// anything is written (so replicas with different limits never
+    /// disagree on a value).
+    fn check_limits(&self, key: &str, change: &Change, targets: &[usize]) -> Result<(), ClusterError> {
+        let Change::Set { value, .. } = change else {
+            return Ok(());
+        };
+        let size = (key.len() + value.len()) as u64 + ringcache_datanode::store::ENTRY_OVERHEAD;
+        for &i in targets {
+            let node = &self.nodes[i];
+            let Some(stats) = node.info().stats else {
+                continue;
+            };
+            let limits = [
+                (value.len() as u64, stats.max_value_bytes),
+                (size, stats.max_entry_bytes),
+            ];
+            for (size, limit) in limits {
+                if limit > 0 && size > limit {
+                    return Err(ClusterError::TooLarge {
+                        size,
+                        limit,
+                        node: node.addr().to_string(),
+                    });
+                }
+            }
         }
-        let results = futures::future::join_all(targets.iter().map(|n| op(n.client.clone()))).await;
-        // Read-your-writes through this manager: drop the old copy now rather
-        // than when the node's invalidation event arrives.
-        if let Some(near) = &self.near {
-            near.invalidate(key);
-        }
-        let mut acked: Option<bool> = None;
-        let mut refused: Vec<(&Arc<NodeHandle>, ClusterError)> = Vec::new();
-        for (node, r) in targets.iter().zip(results) {
-            match r {
-                Ok(b) => acked = Some(acked.unwrap_or(false) || b),
-                Err(e) => {
-                    if let Some(err) = Self::failed(node, e) {
-                        refused.push((node, err));
+        Ok(())
+    }
+
+    async fn write(&self, key: &str, change: Change) -> Result<bool, ClusterError> {
+        let view = self.placement()?;
+        let targets = view.replicas(key, self.replicas);
+        self.check_limits(key, &change, &targets)?;
+        let mut result = Err(ClusterError::Unavailable);
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let version = self.clock.next();
+            let live: Vec<usize> = targets
+                .iter()
+                .copied()
+                .filter(|&i| self.nodes[i].writable())
+                .collect();
+            if live.is_empty() {
+                return Err(ClusterError::Unavailable);
+            }
+            let results = futures::future::join_all(
+                live.iter()
+                    .map(|&i| self.nodes[i].client.write(key, &change, version)),
+            )
+            .await;
+            // Read-your-writes through this manager: drop the old copy now
+            // rather than when the node's invalidation event arrives.
+            if let Some(near) = &self.near {
+                near.invalidate(key);
+            }
+            let mut acked: Option<bool> = None;
+            let mut superseded = false;
+            let mut refused = None;
+            for (&i, r) in live.iter().zip(results) {
+                match r {
+                    Ok(Written::Applied(replaced)) => {
+                        acked = Some(acked.unwrap_or(false) || replaced)
+                    }
+                    Ok(Written::Superseded(newer)) => {
+                        self.clock.observe(newer);
+                        superseded = true;
+                    }
+                    Err(e) => {
+                        if let Some(err) = self.failed(i, e) {
+                            refused.get_or_insert(err);
+                        }
                     }
                 }
             }
-        }
-        match acked {
-            Some(b) => {
-                // Replicas disagree (say, one has a smaller value limit): the
-                // write stands, and a replica that refused it still holds the
-                // old value, so it leaves reads until it has been flushed.
-                for (node, err) in refused {
-                    node.mark_down(&format!("refused a write another replica took: {err}"));
-                }
-                Ok(b)
+            // A replica holds something newer: from a concurrent write, or
+            // from one that finished before this one started through a
+            // manager whose clock is ahead. Writing again above it is right
+            // in both cases (the write lands inside its own interval).
+            if superseded && attempt < WRITE_ATTEMPTS {
+                continue;
             }
-            None => Err(refused
-                .into_iter()
-                .next()
-                .map_or(ClusterError::Unavailable, |(_, err)| err)),
+            result = match (acked, refused) {
+                (Some(replaced), _) => Ok(replaced),
+                // Every replica that answered had something newer: this
+                // write is ordered before it.
+                (None, None) if superseded => Ok(false),
+                (None, Some(err)) => Err(err),
+                (None, None) => Err(ClusterError::Unavailable),
+            };
+            break;
         }
+        if result.is_ok() {
+            // Replicas that missed the write must be known to have missed
+            // it, by nodes that outlive this manager, before it is
+            // acknowledged.
+            for &i in &targets {
+                if !self.nodes[i].writable() || self.nodes[i].missed_since().is_some() {
+                    self.await_marked(i).await;
+                }
+            }
+        }
+        result
     }
 }

@@ -21,8 +21,10 @@ pub struct ManagerOptions {
     pub listen: SocketAddr,
 
     /// Data node gRPC addresses, comma-separated or repeated
-    /// (http://host:port; a bare host:port means http). None: run an
-    /// embedded cluster in this process.
+    /// (http://host:port; a bare host:port means http), each optionally
+    /// with the node's id as `id=addr` (then the manager can place keys
+    /// before it reaches the node; otherwise the id is learned from the
+    /// node). None: run an embedded cluster in this process.
     #[arg(long = "nodes", env = "MANAGER_NODES", value_delimiter = ',')]
     pub nodes: Vec<String>,
 
@@ -86,6 +88,18 @@ impl ManagerOptions {
     }
 }
 
+/// Splits a `--nodes` entry into the pinned id (`id=addr`), if any, and the
+/// address as a URI.
+pub fn parse_node(spec: &str) -> (Option<String>, String) {
+    let spec = spec.trim();
+    match spec.split_once('=') {
+        Some((id, addr)) if !id.is_empty() && !id.contains('/') => {
+            (Some(id.to_string()), node_uri(addr))
+        }
+        _ => (None, node_uri(spec)),
+    }
+}
+
 /// Normalizes a node address to a URI tonic can connect to.
 pub fn node_uri(addr: &str) -> String {
     let addr = addr.trim();
@@ -112,6 +126,12 @@ mod tests {
         .unwrap();
         let uris: Vec<_> = o.nodes.iter().map(|n| node_uri(n)).collect();
         assert_eq!(uris, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(
+            parse_node("n1=http://a:1"),
+            (Some("n1".into()), "http://a:1".into())
+        );
+        assert_eq!(parse_node("n2=b:2"), (Some("n2".into()), "http://b:2".into()));
+        assert_eq!(parse_node("b:2"), (None, "http://b:2".into()));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Running embedded nodes.
 pub struct Embedded {
-    pub addrs: Vec<String>,
+    /// (id, address) of each node.
+    pub addrs: Vec<(String, String)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -29,9 +30,10 @@ impl Embedded {
         for i in 0..count {
             let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
             let addr = listener.local_addr()?;
+            let id = format!("embedded-{}", i + 1);
             let opts = NodeOptions {
                 listen: addr,
-                id: Some(format!("embedded-{}", i + 1)),
+                id: Some(id.clone()),
                 max_memory: opts.embedded_max_memory,
                 max_key_bytes: opts.max_key_bytes,
                 max_value_bytes: usize::try_from(opts.max_value_bytes).unwrap_or(usize::MAX),
@@ -45,7 +47,7 @@ impl Embedded {
                     tracing::error!(%addr, error = %e, "embedded data node failed");
                 }
             }));
-            addrs.push(format!("http://{addr}"));
+            addrs.push((id, format!("http://{addr}")));
         }
         Ok(Self { addrs, tasks })
     }

@@ -33,7 +33,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Cluster(ClusterError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Cluster(ClusterError::Unavailable | ClusterError::RingIncomplete(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Cluster(ClusterError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
                 match status.code() {
                     Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,

@@ -227,8 +227,17 @@ struct NearView {
 struct NodeView {
     address: String,
     id: Option<String>,
+    /// Same as `id` (older name).
+    node_id: Option<String>,
     instance: Option<String>,
     state: NodeState,
+    /// Progress of the copy into the node while it is `syncing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<SyncView>,
+    /// Nodes this one holds dirty marks for (they missed writes it took).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    marks: Vec<String>,
+    tombstones: Option<u64>,
     last_heartbeat_age_ms: Option<u64>,
     items: Option<u64>,
     bytes: Option<u64>,
@@ -238,8 +247,18 @@ struct NodeView {
     ring_share: f64,
 }
 
+#[derive(Serialize)]
+struct SyncView {
+    since: u64,
+    keys_copied: u64,
+    bytes_copied: u64,
+    scanned: u64,
+    to_scan: u64,
+    pulls_running: u32,
+}
+
 async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
-    let shares = st.cluster.ring().shares();
+    let shares = st.cluster.view().shares(st.cluster.nodes().len());
     let nodes = st
         .cluster
         .nodes()
@@ -248,11 +267,29 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
         .map(|(n, share)| {
             let info = n.info();
             let stats = info.stats.as_ref();
+            let state = n.state();
+            let sync = stats
+                .and_then(|s| s.sync.as_ref())
+                .filter(|s| s.syncing || state == NodeState::Syncing)
+                .map(|s| SyncView {
+                    since: s.since,
+                    keys_copied: s.keys_copied,
+                    bytes_copied: s.bytes_copied,
+                    scanned: s.scanned,
+                    to_scan: s.to_scan,
+                    pulls_running: s.pulls_running,
+                });
             NodeView {
                 address: n.addr().to_string(),
                 id: info.node_id.clone(),
+                node_id: info.node_id.clone(),
                 instance: info.instance_id.clone(),
-                state: n.state(),
+                state,
+                sync,
+                marks: stats
+                    .map(|s| s.marks.iter().map(|m| m.node_id.clone()).collect())
+                    .unwrap_or_default(),
+                tombstones: stats.map(|s| s.tombstones),
                 last_heartbeat_age_ms: info.last_event.map(|t| t.elapsed().as_millis() as u64),
                 items: stats.map(|s| s.items),
                 bytes: stats.map(|s| s.bytes_used),

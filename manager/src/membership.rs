@@ -1,6 +1,7 @@
 //! Membership: one task per data node keeps a `Subscribe` stream open,
-//! decides when the node is up or down from its heartbeats, and flushes a
-//! node that comes back before it is read from again.
+//! decides when the node is up or down from its heartbeats, and repairs a
+//! node that may have missed writes (or warms up one that restarted empty)
+//! before it is read from again (docs/design/consistency.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +9,14 @@ use std::time::{Duration, Instant};
 use ringcache_proto::pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{NodeHandle, NodeState};
+use crate::cluster::{Cluster, NodeHandle, NodeState};
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest silence of a pull (between progress messages) before it is
+/// taken for dead.
+const PULL_SILENCE: Duration = Duration::from_secs(30);
 
 /// Receives what the nodes publish (the near cache listens here).
 pub trait EventListener: Send + Sync + 'static {
@@ -33,8 +37,8 @@ impl EventListener for NoListener {
 
 /// Watches node `index` until `shutdown` is cancelled.
 pub async fn watch(
+    cluster: Arc<Cluster>,
     index: usize,
-    node: Arc<NodeHandle>,
     heartbeat_timeout: Duration,
     listener: Arc<dyn EventListener>,
     shutdown: CancellationToken,
@@ -43,13 +47,13 @@ pub async fn watch(
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = session(index, &node, heartbeat_timeout, listener.as_ref()) => o,
+            o = session(&cluster, index, heartbeat_timeout, listener.as_ref()) => o,
         };
         listener.on_reset(index);
         match outcome {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(reason) => {
-                node.mark_down(&reason);
+                cluster.missed_writes(index, &reason);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -60,34 +64,51 @@ pub async fn watch(
     }
 }
 
-/// One subscription: connect, (re)admit the node, follow its events. Returns
-/// `Ok` when it ended because a request marked the node down (reconnect at
-/// once), `Err(reason)` when the node failed.
+/// One subscription: connect, learn the node's id, admit or repair it,
+/// follow its events. Returns `Ok` when it ended because a request marked the
+/// node down (reconnect at once), `Err(reason)` when the node failed.
 async fn session(
+    cluster: &Arc<Cluster>,
     index: usize,
-    node: &NodeHandle,
     heartbeat_timeout: Duration,
     listener: &dyn EventListener,
 ) -> Result<(), String> {
+    let node = &cluster.nodes()[index];
     let mut stream = node.client.subscribe().await.map_err(|e| e.to_string())?;
     let first = next_event(&mut stream, heartbeat_timeout).await?;
-    let instance = first.instance_id.clone();
-    let previous = node.info().instance_id;
-    let epoch = match &first.kind {
-        Some(pb::event::Kind::Status(pb::Status { stats: Some(s) })) => s.epoch,
-        _ => 0,
-    };
-    record(node, &first);
-    admit(node, previous.as_deref(), &instance, epoch).await?;
+    if let Err(e) = cluster.learn_id(index, &first.node_id) {
+        tracing::error!(error = %e, "node refused");
+        return Err(e);
+    }
+    record(cluster, index, &first);
     listener.on_event(index, &first);
     let mut seq = SequenceCheck::new(&first);
+    // The node is written to at once, and read from once repaired.
+    let from = node.state();
+    if from != NodeState::Syncing && !node.transition(from, NodeState::Syncing) {
+        return Err("state changed while admitting".into());
+    }
+    // The repair runs beside the event loop, so heartbeats keep being
+    // checked (and the event buffer drained) while a large copy goes on.
+    let mut task = Box::pin(repair(cluster, index));
+    let mut repairing = true;
     loop {
         let ev = tokio::select! {
             _ = node.marked_down() => return Ok(()),
+            _ = node.repair_requested(), if !repairing => {
+                task.set(repair(cluster, index));
+                repairing = true;
+                continue;
+            }
+            r = &mut task, if repairing => {
+                repairing = false;
+                r?;
+                continue;
+            }
             ev = next_event(&mut stream, heartbeat_timeout) => ev?,
         };
         follow(&mut seq, index, &ev, listener).map_err(|e| format!("{} ({})", e, node.addr()))?;
-        record(node, &ev);
+        record(cluster, index, &ev);
     }
 }
 
@@ -139,46 +160,131 @@ pub(crate) fn follow(
     Ok(())
 }
 
-/// Makes the node readable. A node seen for the first time, one that was
-/// down, or a new instance of a node seen before may be missing acknowledged
-/// writes (of this manager, of another one, or of this one before it
-/// restarted) or hold values since overwritten or deleted: it is flushed
-/// first. So a manager that starts empties the nodes it admits.
-async fn admit(
-    node: &NodeHandle,
-    previous: Option<&str>,
-    instance: &str,
-    epoch: u64,
-) -> Result<(), String> {
-    let state = node.state();
-    let restarted = previous.is_some_and(|p| p != instance);
-    if restarted || state == NodeState::Unknown {
-        // Epochs belong to an instance: adopt the new one's outright.
-        node.client.reset_epoch(epoch);
+/// Makes node `index` readable: when it may lack writes (it is syncing
+/// after a restart, a peer holds a dirty mark for it, or this manager saw it
+/// miss writes), copies what it lacks from its peers first. A node with
+/// nothing to repair is admitted as it is: starting a manager empties
+/// nothing.
+async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
+    let node = &cluster.nodes()[index];
+    let id = node.id().ok_or("node id unknown")?;
+    loop {
+        let state = node.client.stats().await.map_err(|e| e.to_string())?;
+        let sync = state.sync.unwrap_or_default();
+        let local = node.missed_since();
+        let marks = peer_marks(cluster, index, &id).await;
+        let since = marks
+            .iter()
+            .map(|m| m.1.since)
+            .chain(local)
+            .chain(sync.syncing.then_some(sync.since))
+            .min();
+        let Some(since) = since else {
+            return admitted(node, None);
+        };
+        let (generation, since) = node
+            .client
+            .begin_sync(since)
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        tracing::info!(node = %id, since, generation, marks = marks.len(), "repairing");
+        copy_from_peers(cluster, index, since).await?;
+        for (peer, mark) in &marks {
+            let _ = cluster.nodes()[*peer]
+                .client
+                .clear_mark(&id, mark.generation)
+                .await;
+        }
+        if !peer_marks(cluster, index, &id).await.is_empty() {
+            // A mark came (or stayed) meanwhile: another round from it.
+            continue;
+        }
+        if node
+            .client
+            .end_sync(generation)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            tracing::info!(node = %id, elapsed = ?started.elapsed(), "repaired");
+            return admitted(node, local);
+        }
     }
-    if state == NodeState::Up && !restarted {
-        return Ok(());
-    }
-    let from = node.state();
-    if from != NodeState::Joining && !node.transition(from, NodeState::Joining) {
-        return Err("state changed while admitting".into());
-    }
-    let removed = node
-        .client
-        .flush()
-        .await
-        .map_err(|e| format!("flush before rejoin failed: {e}"))?;
-    tracing::info!(node = %node.addr(), removed, instance, "flushed before rejoin");
-    // The subscription's first status predates the flush: refresh it so that
-    // /cluster does not show the flushed entries until the next heartbeat.
-    if let Ok(stats) = node.client.stats().await {
-        node.update_info(|info| info.stats = Some(stats));
-    }
-    if node.transition(NodeState::Joining, NodeState::Up) {
+}
+
+fn admitted(node: &NodeHandle, local: Option<u64>) -> Result<(), String> {
+    node.repaired(local);
+    if node.transition(NodeState::Syncing, NodeState::Up) {
         Ok(())
     } else {
-        Err("marked down while rejoining".into())
+        Err("marked down while syncing".into())
     }
+}
+
+/// Every dirty mark about `id` held by the other nodes, with the holder.
+async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> Vec<(usize, pb::DirtyMark)> {
+    let peers: Vec<usize> = (0..cluster.nodes().len()).filter(|&i| i != index).collect();
+    let stats = futures::future::join_all(
+        peers.iter().map(|&i| cluster.nodes()[i].client.stats()),
+    )
+    .await;
+    let mut out = Vec::new();
+    for (&i, s) in peers.iter().zip(stats) {
+        if let Ok(s) = s {
+            out.extend(s.marks.into_iter().filter(|m| m.node_id == id).map(|m| (i, m)));
+        }
+    }
+    out
+}
+
+/// Has node `index` pull, from each peer it shares keys with, the entries
+/// of the shared ranges with versions from `since` on. A peer that is down
+/// cannot give what only it may hold: the shared ranges are dropped from the
+/// node instead (misses, never stale reads), unless nothing was missed yet
+/// (`since` = 0: the node restarted empty).
+async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Result<(), String> {
+    let node = &cluster.nodes()[index];
+    let view = cluster.view();
+    for (peer_index, peer) in cluster.nodes().iter().enumerate() {
+        if peer_index == index {
+            continue;
+        }
+        let ranges = view.ranges_with(cluster.replicas(), index, &[peer_index]);
+        if ranges.is_empty() {
+            continue;
+        }
+        if !peer.writable() {
+            if since > 0 {
+                let dropped = node
+                    .client
+                    .prune(ranges)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::warn!(node = %node.addr(), peer = %peer.addr(), dropped,
+                    "peer unreachable: dropped the shared ranges rather than serve them stale");
+            }
+            continue;
+        }
+        let mut progress = node
+            .client
+            .pull(peer.addr(), ranges, since)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match tokio::time::timeout(PULL_SILENCE, progress.message()).await {
+                Err(_) => return Err(format!("pull from {} went silent", peer.addr())),
+                Ok(Err(status)) => return Err(format!("pull from {} failed: {status}", peer.addr())),
+                Ok(Ok(None)) => return Err(format!("pull from {} ended early", peer.addr())),
+                Ok(Ok(Some(p))) if p.done => {
+                    tracing::info!(node = %node.addr(), peer = %peer.addr(), keys = p.keys_copied,
+                        bytes = p.bytes_copied, full = p.full, "pulled");
+                    break;
+                }
+                Ok(Ok(Some(_))) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn next_event(
@@ -193,20 +299,34 @@ async fn next_event(
     }
 }
 
-fn record(node: &NodeHandle, ev: &pb::Event) {
+/// Keeps what the node says about itself, moves this manager's clock past
+/// the node's, and acts on the dirty marks it holds: a node another manager
+/// saw miss writes stops being read here until it is repaired.
+fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
+    let node = &cluster.nodes()[index];
+    let stats = match &ev.kind {
+        Some(pb::event::Kind::Status(pb::Status { stats: Some(s) })) => Some(s),
+        _ => None,
+    };
     node.update_info(|info| {
         info.last_event = Some(Instant::now());
-        if !ev.instance_id.is_empty() && info.instance_id.as_deref() != Some(&ev.instance_id) {
-            info.node_id = Some(ev.node_id.clone());
+        if !ev.instance_id.is_empty() {
             info.instance_id = Some(ev.instance_id.clone());
         }
-        if let Some(pb::event::Kind::Status(s)) = &ev.kind {
-            if let Some(stats) = &s.stats {
-                node.client.learn_epoch(stats.epoch);
-            }
-            info.stats = s.stats.clone();
+        if let Some(s) = stats {
+            info.stats = Some(s.clone());
         }
     });
+    let Some(s) = stats else { return };
+    cluster.clock().observe(s.clock);
+    if s.sync.as_ref().is_some_and(|y| y.syncing) {
+        node.request_repair();
+    }
+    for m in &s.marks {
+        if let Some(i) = cluster.index_of(&m.node_id) {
+            cluster.nodes()[i].request_repair();
+        }
+    }
 }
 
 #[cfg(test)]

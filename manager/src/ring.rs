@@ -78,6 +78,58 @@ impl Ring {
         self.replicas(key, 1).first().copied()
     }
 
+    /// The replica set (first `n` distinct nodes) of keys on the arc that
+    /// ends at point `i`.
+    fn replicas_from(&self, i: usize, n: usize) -> Vec<usize> {
+        let n = n.min(self.nodes);
+        let mut out = Vec::with_capacity(n);
+        for k in 0..self.points.len() {
+            let node = self.points[(i + k) % self.points.len()].1;
+            if !out.contains(&node) {
+                out.push(node);
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The arcs `(start, end]` of hash space (as `HashRange`s: wrapping when
+    /// `start >= end`) whose replica set of `n` nodes satisfies `pred`,
+    /// adjacent arcs merged. Used to tell a node which keys to copy.
+    pub fn arcs_where(&self, n: usize, pred: impl Fn(&[usize]) -> bool) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let Some(&(last, _)) = self.points.last() else {
+            return out;
+        };
+        if self.points.iter().all(|&(p, _)| p == last) {
+            // One point (or all equal): the whole circle has one replica set.
+            return if pred(&self.replicas_from(0, n)) {
+                vec![(last, last)]
+            } else {
+                out
+            };
+        }
+        let mut prev = last;
+        for (i, &(p, _)) in self.points.iter().enumerate() {
+            if p != prev && pred(&self.replicas_from(i, n)) {
+                match out.last_mut() {
+                    Some(arc) if arc.1 == prev => arc.1 = p,
+                    _ => out.push((prev, p)),
+                }
+            }
+            prev = p;
+        }
+        // The first arc starts where the last one ends: join them.
+        if out.len() > 1 && out[0].0 == out[out.len() - 1].1 {
+            if let Some((start, _)) = out.pop() {
+                out[0].0 = start;
+            }
+        }
+        out
+    }
+
     /// Each node's share of the key space (as primary owner), summing to 1.
     pub fn shares(&self) -> Vec<f64> {
         let mut shares = vec![0.0; self.nodes];
@@ -188,6 +240,30 @@ mod tests {
                 .collect();
             assert_eq!(pa, pb);
         }
+    }
+
+    #[test]
+    fn arcs_contain_exactly_the_keys_whose_replica_sets_match() {
+        let ring = Ring::new(&ids(4), 64);
+        let arcs = ring.arcs_where(2, |r| r.contains(&1));
+        let inside = |h: u64| {
+            arcs.iter().any(|&(s, e)| {
+                if s < e {
+                    s < h && h <= e
+                } else {
+                    h > s || h <= e
+                }
+            })
+        };
+        for k in 0..20_000 {
+            let key = format!("k{k}");
+            let want = ring.replicas(&key, 2).contains(&1);
+            assert_eq!(inside(key_hash(&key)), want, "{key}");
+        }
+        let both = ring.arcs_where(2, |r| r.contains(&1) && r.contains(&2));
+        assert!(!both.is_empty() && both.len() < arcs.len());
+        assert_eq!(Ring::new(&ids(1), 8).arcs_where(2, |r| r.contains(&0)).len(), 1);
+        assert!(Ring::new::<String>(&[], 8).arcs_where(2, |_| true).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{CallError, NodeClient};
 use crate::cluster::{Cluster, NodeHandle};
-use crate::config::{node_uri, ManagerOptions};
+use crate::config::{parse_node, ManagerOptions};
 use crate::embedded::Embedded;
 use crate::http::{self, AppState};
 use crate::membership::{self, EventListener, NoListener};
@@ -50,9 +50,13 @@ pub async fn serve(
     } else {
         None
     };
-    let addrs: Vec<String> = match &embedded {
-        Some(e) => e.addrs.clone(),
-        None => opts.nodes.iter().map(|n| node_uri(n)).collect(),
+    let addrs: Vec<(Option<String>, String)> = match &embedded {
+        Some(e) => e
+            .addrs
+            .iter()
+            .map(|(id, a)| (Some(id.clone()), a.clone()))
+            .collect(),
+        None => opts.nodes.iter().map(|n| parse_node(n)).collect(),
     };
     let result = run(listener, &opts, addrs, &token, shutdown).await;
     token.cancel();
@@ -65,7 +69,7 @@ pub async fn serve(
 async fn run(
     listener: TcpListener,
     opts: &ManagerOptions,
-    addrs: Vec<String>,
+    addrs: Vec<(Option<String>, String)>,
     token: &CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -74,15 +78,17 @@ async fn run(
     }
     let mut seen = HashSet::new();
     let mut nodes = Vec::with_capacity(addrs.len());
-    for a in &addrs {
+    for (id, a) in &addrs {
         if !seen.insert(a.as_str()) {
             return Err(ServeError::DuplicateNode(a.clone()));
         }
-        nodes.push(Arc::new(NodeHandle::new(NodeClient::new(
-            a,
-            opts.node_timeout,
-            opts.auth_token.as_deref(),
-        )?)));
+        if let Some(id) = id {
+            if !seen.insert(id.as_str()) {
+                return Err(ServeError::DuplicateNode(id.clone()));
+            }
+        }
+        let client = NodeClient::new(a, opts.node_timeout, opts.auth_token.as_deref())?;
+        nodes.push(Arc::new(NodeHandle::with_id(client, id.clone())));
     }
     let mut cluster = Cluster::new(nodes, opts.vnodes, opts.replicas_for(addrs.len()));
     let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
@@ -94,10 +100,10 @@ async fn run(
         None => Arc::new(NoListener),
     };
     let cluster = Arc::new(cluster);
-    for (i, node) in cluster.nodes().iter().enumerate() {
+    for i in 0..cluster.nodes().len() {
         tokio::spawn(membership::watch(
+            cluster.clone(),
             i,
-            node.clone(),
             opts.heartbeat_timeout,
             listener_events.clone(),
             token.clone(),

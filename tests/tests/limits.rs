@@ -46,7 +46,7 @@ async fn memory_bound_holds_under_a_fill_of_three_times_the_limit() {
                     key: format!("fill-{j:010}"),
                     value: value.clone(),
                     ttl_ms: 0,
-                    epoch: 0,
+                    version: 0,
                 })),
             })
             .collect::<Vec<_>>();

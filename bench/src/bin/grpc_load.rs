@@ -87,13 +87,13 @@ async fn one(
     value: &Bytes,
 ) -> Result<bool, tonic::Status> {
     match op {
-        Op::Get => Ok(client.get(pb::GetRequest { key }).await?.into_inner().found),
+        Op::Get => Ok(client.get(pb::GetRequest { key, consistent: false }).await?.into_inner().found),
         Op::Set => client
             .set(pb::SetRequest {
                 key,
                 value: value.clone(),
                 ttl_ms: 0,
-                epoch: 0,
+                version: 0,
             })
             .await
             .map(|_| true),

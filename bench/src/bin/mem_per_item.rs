@@ -105,7 +105,7 @@ async fn load_datanode(args: &Args, names: &KeyNames) -> Result<(), String> {
                         key: names.name(n),
                         value: value.clone(),
                         ttl_ms: 0,
-                        epoch: 0,
+                        version: 0,
                     })),
                 })
                 .collect();

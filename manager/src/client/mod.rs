@@ -1,37 +1,22 @@
 //! The manager's client of one data node: one long-lived tonic `Channel`
 //! (HTTP/2) reused by every request, and a deadline on every call. Key
-//! operations travel batched on one bidirectional stream ([`batch`]); flush,
-//! stats and subscribe are unary. This is the only module that knows how
+//! operations travel batched on one bidirectional stream ([`batch`]); the
+//! rest (stats, subscribe, marks, sync, pull) are unary or server streams. This is the only module that knows how
 //! requests travel to a node.
 
 mod batch;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringcache_datanode::auth::AddToken;
 use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 /// The generated client over the node's channel, adding the bearer token.
 type Grpc = DataNodeClient<InterceptedService<Channel, AddToken>>;
-
-/// Adds `authorization: Bearer <token>` to every call when a token is set.
-#[derive(Clone)]
-pub(crate) struct AddToken(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for AddToken {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
 
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 8 << 20;
@@ -65,7 +50,6 @@ impl CallError {
                 status.code(),
                 Code::InvalidArgument
                     | Code::ResourceExhausted
-                    | Code::FailedPrecondition
                     | Code::OutOfRange
                     | Code::Unauthenticated
                     | Code::PermissionDenied
@@ -83,20 +67,43 @@ pub struct Hit {
     pub seq: u64,
     /// Time left before the entry expires, if it has a TTL.
     pub ttl: Option<Duration>,
+    pub version: u64,
+}
+
+/// What a node answered to a read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    Hit(Hit),
+    /// Deleted at this version: a final answer.
+    Deleted(u64),
+    Miss,
+    /// The node is syncing and gave no answer.
+    Syncing,
+}
+
+/// What a node did with a versioned write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Applied; `true` when it replaced (or deleted) a live value.
+    Applied(bool),
+    /// The node holds or dropped this newer version.
+    Superseded(u64),
+}
+
+/// A write to send: a value or a delete.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Set { value: Bytes, ttl: Option<Duration> },
+    Delete,
 }
 
 /// Handle to one data node; cheap to clone (clones share the connection).
-///
-/// Writes are fenced with the node's flush epoch as last learned (from a
-/// flush, a heartbeat or a refusal): a write delayed in the network past a
-/// flush is refused by the node instead of resurrecting an old value.
 #[derive(Clone)]
 pub struct NodeClient {
     addr: String,
     inner: Grpc,
     batcher: batch::Batcher,
     timeout: Duration,
-    epoch: Arc<AtomicU64>,
 }
 
 impl NodeClient {
@@ -104,10 +111,7 @@ impl NodeClient {
     /// `http://127.0.0.1:50051`, giving each call `timeout` to complete and
     /// sending `token` (if any) with each.
     pub fn new(addr: &str, timeout: Duration, token: Option<&str>) -> Result<Self, CallError> {
-        let token = token
-            .map(|t| ringcache_datanode::auth::bearer(t).parse::<MetadataValue<Ascii>>())
-            .transpose()
-            .map_err(|_| CallError::BadToken)?;
+        let token = AddToken::new(token).map_err(|_| CallError::BadToken)?;
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|source| CallError::Address {
                 addr: addr.to_string(),
@@ -123,62 +127,22 @@ impl NodeClient {
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         // A batch of reads may carry many large values.
-        let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), AddToken(token))
+        let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), token)
             .max_decoding_message_size(MAX_MESSAGE);
         Ok(Self {
             addr: addr.to_string(),
             batcher: batch::Batcher::start(inner.clone(), addr.to_string(), timeout),
             inner,
             timeout,
-            epoch: Arc::new(AtomicU64::new(0)),
         })
-    }
-
-    /// Records the node's flush epoch (it only ever grows).
-    pub fn learn_epoch(&self, epoch: u64) {
-        self.epoch.fetch_max(epoch, Ordering::AcqRel);
-    }
-
-    /// Adopts the epoch of a new instance of the node, even if lower.
-    pub fn reset_epoch(&self, epoch: u64) {
-        self.epoch.store(epoch, Ordering::Release);
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Runs a fenced write; if the node says our epoch is stale (another
-    /// manager flushed it), learns the current epoch and retries once.
-    async fn fenced<T, F, Fut>(&self, call: F) -> Result<T, CallError>
-    where
-        F: Fn(u64) -> Fut,
-        Fut: std::future::Future<Output = Result<T, CallError>>,
-    {
-        // The retry shares the caller's deadline rather than adding its own.
-        let retried = async {
-            match call(self.epoch()).await {
-                Err(CallError::Status { status, .. })
-                    if status.code() == Code::FailedPrecondition =>
-                {
-                    self.learn_epoch(self.stats().await?.epoch);
-                    call(self.epoch()).await
-                }
-                other => other,
-            }
-        };
-        tokio::time::timeout(self.timeout, retried)
-            .await
-            .unwrap_or_else(|_| {
-                Err(CallError::Timeout {
-                    node: self.addr.clone(),
-                    timeout: self.timeout,
-                })
-            })
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn request<T>(&self, msg: T) -> Request<T> {
@@ -227,77 +191,131 @@ impl NodeClient {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Hit>, CallError> {
+    /// A consistent read: a syncing node answers [`Read::Syncing`].
+    pub async fn get(&self, key: &str) -> Result<Read, CallError> {
         let op = pb::op::Op::Get(pb::GetRequest {
             key: key.to_string(),
+            consistent: true,
         });
         let pb::op_result::Result::Get(r) = self.op(op).await? else {
             return Err(self.unexpected());
         };
-        Ok(r.found.then(|| Hit {
-            value: r.value,
-            seq: r.seq,
-            ttl: (r.ttl_remaining_ms > 0).then(|| Duration::from_millis(r.ttl_remaining_ms)),
-        }))
+        Ok(if r.syncing {
+            Read::Syncing
+        } else if r.found {
+            Read::Hit(Hit {
+                value: r.value,
+                seq: r.seq,
+                ttl: (r.ttl_remaining_ms > 0).then(|| Duration::from_millis(r.ttl_remaining_ms)),
+                version: r.version,
+            })
+        } else if r.tombstone {
+            Read::Deleted(r.version)
+        } else {
+            Read::Miss
+        })
     }
 
-    /// Returns whether a live value was replaced.
-    pub async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-    ) -> Result<bool, CallError> {
-        // Saturate: a huge TTL must not wrap around to a tiny one.
-        let ttl_ms = ttl.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
-        self.fenced(|epoch| {
-            let op = pb::op::Op::Set(pb::SetRequest {
-                key: key.to_string(),
+    /// Sends a versioned write.
+    pub async fn write(&self, key: &str, change: &Change, version: u64) -> Result<Written, CallError> {
+        let key = key.to_string();
+        let op = match change {
+            Change::Set { value, ttl } => pb::op::Op::Set(pb::SetRequest {
+                key,
                 value: value.clone(),
-                ttl_ms,
-                epoch,
-            });
-            async move {
-                match self.op(op).await? {
-                    pb::op_result::Result::Set(r) => Ok(r.replaced),
-                    _ => Err(self.unexpected()),
-                }
-            }
+                // Saturate: a huge TTL must not wrap around to a tiny one.
+                ttl_ms: ttl.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+                version,
+            }),
+            Change::Delete => pb::op::Op::Delete(pb::DeleteRequest { key, version }),
+        };
+        let (replaced, superseded, version) = match self.op(op).await? {
+            pb::op_result::Result::Set(r) => (r.replaced, r.superseded, r.version),
+            pb::op_result::Result::Delete(r) => (r.deleted, r.superseded, r.version),
+            _ => return Err(self.unexpected()),
+        };
+        Ok(if superseded {
+            Written::Superseded(version)
+        } else {
+            Written::Applied(replaced)
         })
-        .await
     }
 
-    /// Returns whether a live value was removed.
-    pub async fn delete(&self, key: &str) -> Result<bool, CallError> {
-        self.fenced(|epoch| {
-            let op = pb::op::Op::Delete(pb::DeleteRequest {
-                key: key.to_string(),
-                epoch,
-            });
-            async move {
-                match self.op(op).await? {
-                    pb::op_result::Result::Delete(r) => Ok(r.deleted),
-                    _ => Err(self.unexpected()),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Empties the node and fences off every write issued before; returns
-    /// how many entries were removed.
+    /// Empties the node; returns how many entries were removed.
     pub async fn flush(&self) -> Result<u64, CallError> {
         let mut c = self.inner.clone();
         let r = self
             .call(c.flush(self.request(pb::FlushRequest {})))
             .await?;
-        self.learn_epoch(r.epoch);
         Ok(r.removed)
     }
 
     pub async fn stats(&self) -> Result<pb::StatsResponse, CallError> {
         let mut c = self.inner.clone();
         self.call(c.stats(self.request(pb::StatsRequest {}))).await
+    }
+
+    /// Records on this node that `node_id` may have missed writes from
+    /// `since` on.
+    pub async fn mark(&self, node_id: &str, since: u64) -> Result<u64, CallError> {
+        let mut c = self.inner.clone();
+        let req = pb::MarkRequest {
+            node_id: node_id.to_string(),
+            since,
+        };
+        Ok(self.call(c.mark(self.request(req))).await?.generation)
+    }
+
+    pub async fn clear_mark(&self, node_id: &str, generation: u64) -> Result<bool, CallError> {
+        let mut c = self.inner.clone();
+        let req = pb::ClearMarkRequest {
+            node_id: node_id.to_string(),
+            generation,
+        };
+        Ok(self.call(c.clear_mark(self.request(req))).await?.cleared)
+    }
+
+    /// Returns (generation, effective since).
+    pub async fn begin_sync(&self, since: u64) -> Result<(u64, u64), CallError> {
+        let mut c = self.inner.clone();
+        let r = self
+            .call(c.begin_sync(self.request(pb::BeginSyncRequest { since })))
+            .await?;
+        Ok((r.generation, r.since))
+    }
+
+    pub async fn end_sync(&self, generation: u64) -> Result<bool, CallError> {
+        let mut c = self.inner.clone();
+        let r = self
+            .call(c.end_sync(self.request(pb::EndSyncRequest { generation })))
+            .await?;
+        Ok(r.ended)
+    }
+
+    pub async fn prune(&self, ranges: Vec<pb::HashRange>) -> Result<u64, CallError> {
+        let mut c = self.inner.clone();
+        let r = self
+            .call(c.prune(self.request(pb::PruneRequest { ranges })))
+            .await?;
+        Ok(r.removed)
+    }
+
+    /// Asks this node to copy `ranges` from `source`; the stream reports
+    /// progress until the copy is done. Only opening it is bounded by the
+    /// deadline; the caller bounds the wait between progress messages.
+    pub async fn pull(
+        &self,
+        source: &str,
+        ranges: Vec<pb::HashRange>,
+        since: u64,
+    ) -> Result<tonic::Streaming<pb::PullProgress>, CallError> {
+        let mut c = self.inner.clone();
+        let req = pb::PullRequest {
+            source: source.to_string(),
+            ranges,
+            since,
+        };
+        self.call(c.pull(Request::new(req))).await
     }
 
     /// Opens the node's event stream. Only opening it is bounded by the
