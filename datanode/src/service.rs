@@ -175,7 +175,10 @@ impl DataNode for DataNodeService {
     }
 
     #[instrument(skip_all, fields(node = %req.get_ref().node_id, since = req.get_ref().since))]
-    async fn mark(&self, req: Request<pb::MarkRequest>) -> Result<Response<pb::MarkResponse>, Status> {
+    async fn mark(
+        &self,
+        req: Request<pb::MarkRequest>,
+    ) -> Result<Response<pb::MarkResponse>, Status> {
         let r = req.get_ref();
         let generation = self.node.mark(&r.node_id, r.since)?;
         Ok(Response::new(pb::MarkResponse { generation }))

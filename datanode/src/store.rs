@@ -92,9 +92,14 @@ pub struct Lookup {
 pub enum Read {
     Hit(Lookup),
     /// The key was deleted at `version`: a final answer.
-    Deleted { version: u64, seq: u64 },
+    Deleted {
+        version: u64,
+        seq: u64,
+    },
     /// Nothing known about the key (never written, evicted or expired).
-    Miss { seq: u64 },
+    Miss {
+        seq: u64,
+    },
 }
 
 impl Read {
@@ -1026,7 +1031,13 @@ mod tests {
             })
         );
         assert!(!applied(s.apply(w("k", Some(b"v2.5"), 25))));
-        assert_eq!(s.read("k"), Read::Deleted { version: 30, seq: s.events().last_seq() });
+        assert_eq!(
+            s.read("k"),
+            Read::Deleted {
+                version: 30,
+                seq: s.events().last_seq()
+            }
+        );
         assert!(applied(s.apply(w("k", Some(b"v4"), 40))));
         assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"v4"));
     }
@@ -1053,7 +1064,10 @@ mod tests {
                 for (v, val) in order {
                     s.apply(w("k", val, v)).unwrap();
                 }
-                finals.push(format!("{:?}", s.read("k")).replace(&format!("seq: {}", s.events().last_seq()), ""));
+                finals.push(
+                    format!("{:?}", s.read("k"))
+                        .replace(&format!("seq: {}", s.events().last_seq()), ""),
+                );
             }
         }
         finals.dedup();

@@ -123,7 +123,12 @@ impl SyncState {
         let mut p = lock(&self.phase);
         if !p.syncing || since < p.since {
             if !p.syncing {
-                for c in [&self.keys_copied, &self.bytes_copied, &self.scanned, &self.to_scan] {
+                for c in [
+                    &self.keys_copied,
+                    &self.bytes_copied,
+                    &self.scanned,
+                    &self.to_scan,
+                ] {
                     c.store(0, Ordering::Relaxed);
                 }
             }
@@ -216,10 +221,7 @@ pub enum PullError {
     #[error("invalid source address {0:?}")]
     Address(String),
     #[error("cannot reach source {source_addr}: {status}")]
-    Source {
-        source_addr: String,
-        status: Status,
-    },
+    Source { source_addr: String, status: Status },
     #[error("the caller went away")]
     Cancelled,
 }
@@ -243,11 +245,9 @@ pub async fn pull(
         .tcp_nodelay(true);
     let token = crate::auth::AddToken::new(node.auth_token())
         .map_err(|_| PullError::Address(source.clone()))?;
-    let mut client = pb::data_node_client::DataNodeClient::with_interceptor(
-        endpoint.connect_lazy(),
-        token,
-    )
-    .max_decoding_message_size(MAX_PULL_MESSAGE);
+    let mut client =
+        pb::data_node_client::DataNodeClient::with_interceptor(endpoint.connect_lazy(), token)
+            .max_decoding_message_size(MAX_PULL_MESSAGE);
     let failed = |status| PullError::Source {
         source_addr: source.clone(),
         status,
@@ -281,7 +281,8 @@ pub async fn pull(
                 let w = Write {
                     key: &e.key,
                     value: (!e.tombstone).then_some(&e.value[..]),
-                    ttl: (e.ttl_remaining_ms > 0).then(|| Duration::from_millis(e.ttl_remaining_ms)),
+                    ttl: (e.ttl_remaining_ms > 0)
+                        .then(|| Duration::from_millis(e.ttl_remaining_ms)),
                     version: e.version.max(1),
                 };
                 // A refusal here (too large for this node) leaves the key
@@ -297,13 +298,14 @@ pub async fn pull(
                 .scanned
                 .fetch_add(batch.scanned - scanned_before, Ordering::Relaxed);
             scanned_before = batch.scanned;
-            state
-                .to_scan
-                .fetch_add(batch.to_scan.saturating_sub(to_scan_before), Ordering::Relaxed);
+            state.to_scan.fetch_add(
+                batch.to_scan.saturating_sub(to_scan_before),
+                Ordering::Relaxed,
+            );
             to_scan_before = batch.to_scan;
             totals.scanned = batch.scanned;
             totals.to_scan = batch.to_scan;
-            if progress.send(Ok(totals.clone())).await.is_err() {
+            if progress.send(Ok(totals)).await.is_err() {
                 return Err(PullError::Cancelled);
             }
         }

@@ -76,8 +76,7 @@ impl Hlc {
 
     /// Moves the clock past `version` (seen in an answer or a heartbeat).
     pub fn observe(&self, version: u64) {
-        self.last
-            .fetch_max(version >> TICK_SHIFT, Ordering::AcqRel);
+        self.last.fetch_max(version >> TICK_SHIFT, Ordering::AcqRel);
     }
 
     /// The largest version issued or observed, or the wall clock if later,

@@ -64,7 +64,10 @@ async fn set_get_delete_stats() {
     let r = c.set(set("k", b"hello2", 0)).await.unwrap().into_inner();
     assert!(r.replaced);
     let g = c
-        .get(pb::GetRequest { key: "k".into(), ..Default::default() })
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -81,7 +84,10 @@ async fn set_get_delete_stats() {
         .into_inner();
     assert!(d.deleted);
     let g = c
-        .get(pb::GetRequest { key: "k".into(), ..Default::default() })
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -99,7 +105,10 @@ async fn ttl_is_reported_and_honoured() {
     let c = &mut n.client;
     c.set(set("t", b"v", 60_000)).await.unwrap();
     let g = c
-        .get(pb::GetRequest { key: "t".into(), ..Default::default() })
+        .get(pb::GetRequest {
+            key: "t".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -109,7 +118,10 @@ async fn ttl_is_reported_and_honoured() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let g = c
-            .get(pb::GetRequest { key: "gone".into(), ..Default::default() })
+            .get(pb::GetRequest {
+                key: "gone".into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -128,7 +140,13 @@ async fn ttl_is_reported_and_honoured() {
 async fn bad_requests_get_clear_codes_and_change_nothing() {
     let mut n = start(small()).await;
     let c = &mut n.client;
-    let e = c.get(pb::GetRequest { key: "".into(), ..Default::default() }).await.unwrap_err();
+    let e = c
+        .get(pb::GetRequest {
+            key: "".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c.set(set(&"x".repeat(251), b"v", 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -220,8 +238,20 @@ async fn batch_stream_answers_each_op_by_id() {
     tx.send(pb::BatchRequest {
         ops: vec![
             op(7, pb::op::Op::Set(set("b", b"x", 0))),
-            op(8, pb::op::Op::Get(pb::GetRequest { key: "b".into(), ..Default::default() })),
-            op(9, pb::op::Op::Get(pb::GetRequest { key: "".into(), ..Default::default() })),
+            op(
+                8,
+                pb::op::Op::Get(pb::GetRequest {
+                    key: "b".into(),
+                    ..Default::default()
+                }),
+            ),
+            op(
+                9,
+                pb::op::Op::Get(pb::GetRequest {
+                    key: "".into(),
+                    ..Default::default()
+                }),
+            ),
             op(
                 10,
                 pb::op::Op::Delete(pb::DeleteRequest {

@@ -243,7 +243,9 @@ impl RingView {
             return Vec::new();
         };
         self.ring
-            .arcs_where(n, |set| set.contains(&r) && others.iter().all(|o| set.contains(o)))
+            .arcs_where(n, |set| {
+                set.contains(&r) && others.iter().all(|o| set.contains(o))
+            })
             .into_iter()
             .map(|(start, end)| pb::HashRange { start, end })
             .collect()
@@ -302,10 +304,7 @@ impl Cluster {
     }
 
     pub fn view(&self) -> Arc<RingView> {
-        self.view
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn replicas(&self) -> usize {
@@ -324,6 +323,9 @@ impl Cluster {
     }
 
     fn rebuild_ring(&self) {
+        // Under the write lock, so that two nodes learned at once cannot
+        // store views in the opposite order of the ids they saw.
+        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
         let mut ids = Vec::new();
         let mut members = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -338,7 +340,7 @@ impl Cluster {
             members,
             missing,
         };
-        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        *current = Arc::new(view);
     }
 
     /// Records the id node `index` reported. The ring is built from ids, so
@@ -433,8 +435,7 @@ impl Cluster {
             .map(|(_, n)| n.client.clone())
             .collect();
         tokio::spawn(async move {
-            let results =
-                futures::future::join_all(peers.iter().map(|p| p.mark(&id, since))).await;
+            let results = futures::future::join_all(peers.iter().map(|p| p.mark(&id, since))).await;
             let held = results.iter().filter(|r| r.is_ok()).count();
             tracing::info!(node = %id, since, held, of = peers.len(), "dirty mark broadcast");
             let _ = tx.send(true);
@@ -536,7 +537,12 @@ impl Cluster {
     /// Refuses a value that one of the replicas could not store, before
     /// anything is written (so replicas with different limits never
     /// disagree on a value).
-    fn check_limits(&self, key: &str, change: &Change, targets: &[usize]) -> Result<(), ClusterError> {
+    fn check_limits(
+        &self,
+        key: &str,
+        change: &Change,
+        targets: &[usize],
+    ) -> Result<(), ClusterError> {
         let Change::Set { value, .. } = change else {
             return Ok(());
         };

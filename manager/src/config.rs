@@ -130,7 +130,10 @@ mod tests {
             parse_node("n1=http://a:1"),
             (Some("n1".into()), "http://a:1".into())
         );
-        assert_eq!(parse_node("n2=b:2"), (Some("n2".into()), "http://b:2".into()));
+        assert_eq!(
+            parse_node("n2=b:2"),
+            (Some("n2".into()), "http://b:2".into())
+        );
         assert_eq!(parse_node("b:2"), (None, "http://b:2".into()));
     }
 

@@ -224,14 +224,17 @@ fn admitted(node: &NodeHandle, local: Option<u64>) -> Result<(), String> {
 /// Every dirty mark about `id` held by the other nodes, with the holder.
 async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> Vec<(usize, pb::DirtyMark)> {
     let peers: Vec<usize> = (0..cluster.nodes().len()).filter(|&i| i != index).collect();
-    let stats = futures::future::join_all(
-        peers.iter().map(|&i| cluster.nodes()[i].client.stats()),
-    )
-    .await;
+    let stats =
+        futures::future::join_all(peers.iter().map(|&i| cluster.nodes()[i].client.stats())).await;
     let mut out = Vec::new();
     for (&i, s) in peers.iter().zip(stats) {
         if let Ok(s) = s {
-            out.extend(s.marks.into_iter().filter(|m| m.node_id == id).map(|m| (i, m)));
+            out.extend(
+                s.marks
+                    .into_iter()
+                    .filter(|m| m.node_id == id)
+                    .map(|m| (i, m)),
+            );
         }
     }
     out
@@ -255,11 +258,7 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         }
         if !peer.writable() {
             if since > 0 {
-                let dropped = node
-                    .client
-                    .prune(ranges)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let dropped = node.client.prune(ranges).await.map_err(|e| e.to_string())?;
                 tracing::warn!(node = %node.addr(), peer = %peer.addr(), dropped,
                     "peer unreachable: dropped the shared ranges rather than serve them stale");
             }
@@ -273,7 +272,9 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         loop {
             match tokio::time::timeout(PULL_SILENCE, progress.message()).await {
                 Err(_) => return Err(format!("pull from {} went silent", peer.addr())),
-                Ok(Err(status)) => return Err(format!("pull from {} failed: {status}", peer.addr())),
+                Ok(Err(status)) => {
+                    return Err(format!("pull from {} failed: {status}", peer.addr()))
+                }
                 Ok(Ok(None)) => return Err(format!("pull from {} ended early", peer.addr())),
                 Ok(Ok(Some(p))) if p.done => {
                     tracing::info!(node = %node.addr(), peer = %peer.addr(), keys = p.keys_copied,

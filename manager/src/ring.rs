@@ -262,8 +262,15 @@ mod tests {
         }
         let both = ring.arcs_where(2, |r| r.contains(&1) && r.contains(&2));
         assert!(!both.is_empty() && both.len() < arcs.len());
-        assert_eq!(Ring::new(&ids(1), 8).arcs_where(2, |r| r.contains(&0)).len(), 1);
-        assert!(Ring::new::<String>(&[], 8).arcs_where(2, |_| true).is_empty());
+        assert_eq!(
+            Ring::new(&ids(1), 8)
+                .arcs_where(2, |r| r.contains(&0))
+                .len(),
+            1
+        );
+        assert!(Ring::new::<String>(&[], 8)
+            .arcs_where(2, |_| true)
+            .is_empty());
     }
 
     #[test]

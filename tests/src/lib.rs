@@ -142,6 +142,11 @@ impl Proc {
     /// A manager over `nodes`, with its HTTP API on a system-chosen port.
     pub fn manager(name: &str, nodes: &[&Proc], extra: &[&str]) -> Proc {
         let list: Vec<String> = nodes.iter().map(|n| n.grpc_uri()).collect();
+        Proc::manager_at(name, &list, extra)
+    }
+
+    /// A manager over the nodes at `list` (addresses as given to `--nodes`).
+    pub fn manager_at(name: &str, list: &[String], extra: &[&str]) -> Proc {
         let mut args = vec!["--listen".into(), "127.0.0.1:0".into()];
         if !list.is_empty() {
             args.push("--nodes".into());
@@ -153,6 +158,11 @@ impl Proc {
 
     pub fn grpc_uri(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The same address spelled with the host name `localhost`.
+    pub fn grpc_uri_by_name(&self) -> String {
+        format!("http://localhost:{}", self.addr.port())
     }
 
     pub fn http_url(&self, path_and_query: &str) -> String {
@@ -375,5 +385,58 @@ impl TestCluster {
             manager,
             api,
         }
+    }
+}
+
+/// What one data node holds for a key, read directly over gRPC (not through
+/// a manager, and not a consistent read: a syncing node answers too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    Value { value: String, version: u64 },
+    Tombstone { version: u64 },
+    Nothing,
+}
+
+/// A direct gRPC client of one data node.
+pub struct NodeConn(
+    ringcache_proto::pb::data_node_client::DataNodeClient<tonic::transport::Channel>,
+);
+
+impl NodeConn {
+    pub async fn connect(node: &Proc) -> Self {
+        let c = ringcache_proto::pb::data_node_client::DataNodeClient::connect(node.grpc_uri())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", node.name));
+        Self(c)
+    }
+
+    pub async fn held(&mut self, key: &str) -> Held {
+        let r = self
+            .0
+            .get(ringcache_proto::pb::GetRequest {
+                key: key.to_string(),
+                consistent: false,
+            })
+            .await
+            .expect("node answers Get")
+            .into_inner();
+        if r.found {
+            Held::Value {
+                value: String::from_utf8_lossy(&r.value).into_owned(),
+                version: r.version,
+            }
+        } else if r.tombstone {
+            Held::Tombstone { version: r.version }
+        } else {
+            Held::Nothing
+        }
+    }
+
+    pub async fn stats(&mut self) -> ringcache_proto::pb::StatsResponse {
+        self.0
+            .stats(ringcache_proto::pb::StatsRequest {})
+            .await
+            .expect("node answers Stats")
+            .into_inner()
     }
 }

@@ -87,7 +87,14 @@ async fn one(
     value: &Bytes,
 ) -> Result<bool, tonic::Status> {
     match op {
-        Op::Get => Ok(client.get(pb::GetRequest { key, consistent: false }).await?.into_inner().found),
+        Op::Get => Ok(client
+            .get(pb::GetRequest {
+                key,
+                consistent: false,
+            })
+            .await?
+            .into_inner()
+            .found),
         Op::Set => client
             .set(pb::SetRequest {
                 key,

@@ -217,7 +217,12 @@ impl NodeClient {
     }
 
     /// Sends a versioned write.
-    pub async fn write(&self, key: &str, change: &Change, version: u64) -> Result<Written, CallError> {
+    pub async fn write(
+        &self,
+        key: &str,
+        change: &Change,
+        version: u64,
+    ) -> Result<Written, CallError> {
         let key = key.to_string();
         let op = match change {
             Change::Set { value, ttl } => pb::op::Op::Set(pb::SetRequest {
