@@ -194,10 +194,8 @@ async fn ttl_in_seconds_expires_the_key() {
 async fn keys_land_on_every_node_twice_and_cluster_reports_it() {
     let m = start(&["--embedded-nodes", "3"]).await;
     for i in 0..300 {
-        assert_eq!(
-            m.call("POST", &format!("/?key=key-{i}&value=v{i}")).await.0,
-            201
-        );
+        let (s, body) = m.call("POST", &format!("/?key=key-{i}&value=v{i}")).await;
+        assert_eq!(s, 201, "key-{i}: {body}");
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
