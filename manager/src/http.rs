@@ -74,6 +74,9 @@ pub fn router(state: AppState) -> Router {
     routes
         // Liveness for orchestrators: open even when a token is required.
         .route("/healthz", get(healthz))
+        // The dashboard page holds no data (its script fetches /cluster and
+        // /metrics with the token), so it is open too.
+        .merge(crate::ui::router())
         // Bodies past the limit are refused with 413 without being read, and
         // a body that trickles in cannot hold a request slot forever.
         .layer(DefaultBodyLimit::max(body_limit))

@@ -10,6 +10,7 @@
 //! - [`http`], [`query`], [`error`]: the HTTP API; [`metrics`]: `/metrics`.
 //! - [`embedded`]: the in-process cluster used when no nodes are given.
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
+//! - [`ui`]: the browser dashboard on `/ui`.
 
 pub mod client;
 pub mod cluster;
@@ -24,6 +25,7 @@ pub mod near_cache;
 pub mod query;
 pub mod ring;
 pub mod server;
+pub mod ui;
 
 pub use config::ManagerOptions;
 pub use server::{serve, ServeError};
