@@ -173,7 +173,7 @@ fn check_key(key: usize, ops: &[Op]) -> Vec<String> {
                 let explained = writes.iter().any(|d| {
                     matches!(d.kind, Kind::Delete)
                         && d.invoked < r_done
-                        && !d.done.is_some_and(|dd| dd < s_inv)
+                        && d.done.is_none_or(|dd| dd >= s_inv)
                 });
                 if !explained {
                     bad.push(format!(
