@@ -410,9 +410,11 @@ impl NodeConn {
         Self(c)
     }
 
-    pub async fn held(&mut self, key: &str) -> Held {
+    pub async fn held(&self, key: &str) -> Held {
+        // Clients share one channel; a clone per call keeps `&self`.
         let r = self
             .0
+            .clone()
             .get(ringcache_proto::pb::GetRequest {
                 key: key.to_string(),
                 consistent: false,
@@ -432,11 +434,85 @@ impl NodeConn {
         }
     }
 
-    pub async fn stats(&mut self) -> ringcache_proto::pb::StatsResponse {
+    pub async fn stats(&self) -> ringcache_proto::pb::StatsResponse {
         self.0
+            .clone()
             .stats(ringcache_proto::pb::StatsRequest {})
             .await
             .expect("node answers Stats")
             .into_inner()
+    }
+}
+
+/// A TCP relay on loopback in front of a server, whose client-to-server
+/// direction can be held: bytes sent meanwhile wait in the relay and are
+/// delivered, in order, when it is released. It models a slow or briefly
+/// partitioned link without touching either process.
+pub struct Relay {
+    pub addr: SocketAddr,
+    held: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let (held, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // Hold the bytes while the link is held.
+                        if rx.wait_for(|h| !*h).await.is_err() {
+                            break;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+            }
+        });
+        Relay { addr, held, task }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Holds what clients send from now on.
+    pub fn hold(&self) {
+        let _ = self.held.send(true);
+    }
+
+    /// Delivers what was held, and everything after.
+    pub fn release(&self) {
+        let _ = self.held.send(false);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -302,7 +302,7 @@ async fn a_new_manager_never_reads_what_a_node_missed_before_it_started() {
         assert_eq!((r.status, r.text()), (200, "v2".into()), "m{i}");
     }
     // Node 0 itself was repaired, not emptied: it holds v2 of its keys.
-    let mut conn = NodeConn::connect(&c.nodes[0]).await;
+    let conn = NodeConn::connect(&c.nodes[0]).await;
     let mut held = 0;
     for i in 0..60 {
         match conn.held(&format!("m{i}")).await {

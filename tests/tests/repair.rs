@@ -5,7 +5,7 @@
 //! of concurrent writes. Real processes on loopback; nodes are read
 //! directly over gRPC where the test is about what one node holds.
 
-use ringcache_tests::{wait_until, Api, Held, NodeConn, Proc, TestCluster};
+use ringcache_tests::{wait_until, Api, Held, NodeConn, Proc, Relay, TestCluster};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "2s", "--node-timeout", "500ms"];
@@ -86,7 +86,7 @@ async fn a_stalled_node_is_repaired_with_the_latest_values() {
     write_keys(&c.api, "s", keys, "v1").await;
     let victim = &c.nodes[1];
     let addr = victim.grpc_uri();
-    let mut conn = NodeConn::connect(victim).await;
+    let conn = NodeConn::connect(victim).await;
     let mut mine = Vec::new();
     for i in 0..keys {
         if matches!(conn.held(&format!("s{i}")).await, Held::Value { .. }) {
@@ -109,7 +109,7 @@ async fn a_stalled_node_is_repaired_with_the_latest_values() {
     c.api.await_state(&addr, "up").await;
     // From the victim alone: every key it replicates has its latest state.
     // The untouched quarter proves it was not emptied.
-    let mut conn = NodeConn::connect(victim).await;
+    let conn = NodeConn::connect(victim).await;
     for &i in &mine {
         let key = format!("s{i}");
         let held = conn.held(&key).await;
@@ -203,4 +203,105 @@ async fn cluster_shows_a_restarted_node_syncing_then_up() {
         .expect("node 0 in /cluster");
     assert_eq!(node["id"], "node1");
     assert!(node["items"].as_u64().unwrap_or(0) > 100, "{node}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_a_newer_one_does_not_undo_it() {
+    // Two nodes, so both are replicas of every key. Manager 1 reaches node
+    // b through a relay that can hold its requests; manager 2 reaches both
+    // directly.
+    let a = Proc::datanode("a", NODE_ARGS);
+    let b = Proc::datanode("b", NODE_ARGS);
+    let relay = Relay::start(b.addr).await;
+    let m1 = Proc::manager_at("m1", &[a.grpc_uri(), relay.uri()], MANAGER_ARGS);
+    let m2 = Proc::manager("m2", &[&a, &b], MANAGER_ARGS);
+    let (api1, api2) = (Api::new(&m1), Api::new(&m2));
+    api1.await_all_up().await;
+    api2.await_all_up().await;
+    let (ca, cb) = (NodeConn::connect(&a).await, NodeConn::connect(&b).await);
+    for i in 0..5 {
+        let key = format!("d{i}");
+        assert_eq!(api1.set(&key, "old").await.status, 201);
+        // Manager 1's write reaches a at once; its copy for b is held.
+        relay.hold();
+        let slow = {
+            let (api1, key) = (api1.clone(), key.clone());
+            tokio::spawn(async move { api1.set(&key, "first").await })
+        };
+        wait_until("the first write on node a", || async {
+            matches!(ca.held(&key).await, Held::Value { value, .. } if value == "first")
+                .then_some(())
+        })
+        .await;
+        // A newer write through manager 2 lands on both...
+        assert_eq!(api2.set(&key, "second").await.status, 200);
+        // ...and then b receives the older one.
+        relay.release();
+        assert_eq!(slow.await.expect("slow write").status, 200);
+        // The replicas agree (and the older write, acknowledged last, is
+        // ordered last: it was sent again above the newer version).
+        let (ha, hb) = (ca.held(&key).await, cb.held(&key).await);
+        assert_eq!(ha, hb, "{key}: replicas differ");
+        assert_eq!(api1.get(&key).await.text(), api2.get(&key).await.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_falls_over_writes_the_value_back() {
+    let c = cluster().await;
+    let conns: Vec<NodeConn> = {
+        let mut v = Vec::new();
+        for n in &c.nodes {
+            v.push(NodeConn::connect(n).await);
+        }
+        v
+    };
+    let keys = 20;
+    write_keys(&c.api, "rr", keys, "v").await;
+    // Drop each key from one of its two holders, without a tombstone (as an
+    // eviction would): for about half the keys that is the replica the
+    // manager reads first, so the read falls over to the other one.
+    let mut pruned = Vec::new();
+    for i in 0..keys {
+        let key = format!("rr{i}");
+        let mut holders = Vec::new();
+        for (n, conn) in conns.iter().enumerate() {
+            if matches!(conn.held(&key).await, Held::Value { .. }) {
+                holders.push(n);
+            }
+        }
+        assert_eq!(holders.len(), 2, "{key}");
+        let victim = holders[i % 2];
+        let h = ringcache_datanode::store::key_hash(&key);
+        let mut raw = ringcache_proto::pb::data_node_client::DataNodeClient::connect(
+            c.nodes[victim].grpc_uri(),
+        )
+        .await
+        .expect("connect");
+        raw.prune(ringcache_proto::pb::PruneRequest {
+            ranges: vec![ringcache_proto::pb::HashRange {
+                start: h.wrapping_sub(1),
+                end: h,
+            }],
+        })
+        .await
+        .expect("prune");
+        assert_eq!(conns[victim].held(&key).await, Held::Nothing);
+        pruned.push((key, victim));
+    }
+    for (key, _) in &pruned {
+        assert_eq!(c.api.get(key).await.text(), "v", "{key}");
+    }
+    // Read repair runs in the background: poll for the copies coming back.
+    let restored = wait_until("read repair to restore some copies", || async {
+        let mut n = 0;
+        for (key, victim) in &pruned {
+            if matches!(conns[*victim].held(key).await, Held::Value { .. }) {
+                n += 1;
+            }
+        }
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert!(restored >= 3, "{restored} of {keys} copies restored");
 }
