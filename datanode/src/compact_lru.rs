@@ -241,8 +241,13 @@ impl CompactLru {
 
     /// Inserts `item` as the most recently used entry, replacing (and
     /// returning, with its former slot) an entry with the same key. Returns
-    /// the new entry's slot.
-    pub(crate) fn insert(&mut self, item: Item) -> (u32, Option<(u32, Item)>) {
+    /// the new entry's slot, or the item back when every slot number is
+    /// taken (`u32::MAX - 1` entries: unreachable under any memory limit,
+    /// but refused rather than wrapped).
+    pub(crate) fn insert(&mut self, item: Item) -> Result<(u32, Option<(u32, Item)>), Item> {
+        if self.free == NIL && self.nodes.len() >= (NIL - 1) as usize {
+            return Err(item);
+        }
         let old = self.remove(item.key());
         let hash = self.hasher.hash_one(item.key());
         let node = Node {
@@ -252,7 +257,8 @@ impl CompactLru {
         };
         let s = match self.free {
             NIL => {
-                let s = u32::try_from(self.nodes.len()).unwrap_or(NIL - 1);
+                // Checked above: the length fits below NIL.
+                let s = self.nodes.len() as u32;
                 self.nodes.push(node);
                 s
             }
@@ -269,7 +275,7 @@ impl CompactLru {
             hasher.hash_one(key)
         });
         self.len += 1;
-        (s, old)
+        Ok((s, old))
     }
 
     /// Removes the entry in slot `s`.
@@ -347,7 +353,7 @@ mod tests {
     fn lru_order_follows_use() {
         let mut l = CompactLru::default();
         for k in ["a", "b", "c"] {
-            l.insert(item(k, "v"));
+            l.insert(item(k, "v")).ok();
         }
         assert_eq!(order(&l), ["c", "b", "a"]);
         assert!(l.get(b"a").is_some());
@@ -361,9 +367,9 @@ mod tests {
     #[test]
     fn replace_remove_and_slot_reuse() {
         let mut l = CompactLru::default();
-        let (s1, old) = l.insert(item("k", "1"));
+        let (s1, old) = l.insert(item("k", "1")).ok().unwrap();
         assert!(old.is_none());
-        let (_, old) = l.insert(item("k", "2"));
+        let (_, old) = l.insert(item("k", "2")).ok().unwrap();
         assert_eq!(old.unwrap().1.value(), b"1");
         assert_eq!(l.len(), 1);
         assert_eq!(l.get(b"k").unwrap().1.value(), b"2");
@@ -372,7 +378,7 @@ mod tests {
         assert!(l.get(b"k").is_none());
         assert_eq!(l.len(), 0);
         // Freed slots are reused before the vector grows.
-        let (s2, _) = l.insert(item("x", "y"));
+        let (s2, _) = l.insert(item("x", "y")).ok().unwrap();
         assert_eq!(s2, s);
         assert!(s1 <= 1 && l.nodes.len() <= 2);
         assert!(l.remove_slot(s2).is_some());
@@ -384,7 +390,7 @@ mod tests {
     fn many_keys_survive_growth_and_churn() {
         let mut l = CompactLru::default();
         for i in 0..10_000 {
-            l.insert(item(&format!("k{i}"), &i.to_string()));
+            l.insert(item(&format!("k{i}"), &i.to_string())).ok();
             if i % 3 == 0 {
                 l.remove(format!("k{}", i / 2).as_bytes());
             }

@@ -13,7 +13,8 @@ impl From<NodeError> for Status {
             | NodeError::KeyTooLong { .. }
             | NodeError::BadNodeId(_)
             | NodeError::Store(StoreError::KeyTooLong { .. }) => Status::invalid_argument(msg),
-            NodeError::ValueTooLarge { .. } | NodeError::Store(StoreError::TooLarge { .. }) => {
+            NodeError::ValueTooLarge { .. }
+            | NodeError::Store(StoreError::TooLarge { .. } | StoreError::Full) => {
                 Status::resource_exhausted(msg)
             }
         }

@@ -73,6 +73,8 @@ pub enum StoreError {
     TooLarge { size: u64, limit: u64 },
     #[error("key of {len} bytes is longer than 65535 bytes")]
     KeyTooLong { len: usize },
+    #[error("the shard holds as many entries as its index can number")]
+    Full,
 }
 
 /// A value found by [`Store::read`].
@@ -517,7 +519,7 @@ impl Store {
         };
         let item = Item::new(key.as_bytes(), value, expires, version)
             .map_err(|e| StoreError::KeyTooLong { len: e.0 })?;
-        let (slot, old) = shard.lru.insert(item);
+        let (slot, old) = shard.lru.insert(item).map_err(|_| StoreError::Full)?;
         if let Some((old_slot, old)) = old {
             shard.forget(old_slot, &old);
         }
