@@ -10,7 +10,10 @@
 //!   closes its connection (slowloris).
 //! - A connection with no request in flight for `idle_timeout` is closed
 //!   (HTTP/1 keep-alive and HTTP/2 alike, and a connection that never sends
-//!   anything).
+//!   anything): gracefully, and cut `idle_timeout` later if the client does
+//!   not let it close. On HTTP/1, waiting for the next request counts as
+//!   reading its head too (hyper starts that timer when it starts waiting),
+//!   so idle HTTP/1 connections close after the shorter of the two.
 //! - At shutdown every connection is shut down gracefully (in-flight requests
 //!   finish, HTTP/2 gets GOAWAY); `stop_now` drops whatever is left.
 
@@ -178,6 +181,9 @@ fn serve_connection(
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let mut closing = false;
+        // A client that ignores a graceful close (an HTTP/2 peer that never
+        // answers the GOAWAY's PING, say) is cut this much later.
+        let mut cut_at: Option<Instant> = None;
         loop {
             // Polled again after every wake-up, so a request that started
             // meanwhile pushes the deadline away.
@@ -190,6 +196,10 @@ fn serve_connection(
                     return;
                 }
                 _ = stop_now.cancelled() => return,
+                _ = sleep_until(cut_at) => {
+                    tracing::debug!("closing an idle connection that ignored a graceful close");
+                    return;
+                }
                 _ = stopping.cancelled(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -198,6 +208,7 @@ fn serve_connection(
                     if activity.idle_at(idle).is_some_and(|t| t <= Instant::now()) {
                         tracing::debug!(?idle, "closing an idle connection");
                         closing = true;
+                        cut_at = Some(Instant::now() + idle);
                         conn.as_mut().graceful_shutdown();
                     }
                 }

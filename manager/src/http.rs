@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde::Serialize;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tracing::instrument;
 
@@ -71,7 +72,11 @@ pub fn router(state: AppState) -> Router {
             r
         }))
         .load_shed()
-        .concurrency_limit(state.max_concurrent_requests.max(1));
+        // Global: `Router::layer` applies a layer to each route separately,
+        // and a plain concurrency limit would give each route its own.
+        .layer(GlobalConcurrencyLimitLayer::new(
+            state.max_concurrent_requests.max(1),
+        ));
     let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))
