@@ -12,11 +12,20 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether an `authorization` header value carries `token`.
+/// Whether an `authorization` header value carries `token`. The scheme is
+/// case-insensitive (`Bearer`, `bearer`, `BEARER`), as HTTP auth schemes are
+/// (RFC 9110 11.1), and spaces may separate it from the token; the token
+/// itself is compared exactly.
 pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
-    header
-        .and_then(|h| h.strip_prefix(b"Bearer "))
-        .is_some_and(|given| constant_time_eq(given, token.as_bytes()))
+    const SCHEME: &[u8] = b"bearer";
+    let Some(h) = header else { return false };
+    if h.len() <= SCHEME.len() || !h[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return false;
+    }
+    let rest = &h[SCHEME.len()..];
+    // At least one space after the scheme ("Bearers3cret" is not a bearer).
+    let given = rest.trim_ascii_start();
+    given.len() < rest.len() && constant_time_eq(given, token.as_bytes())
 }
 
 /// The `authorization` header value for `token`.
@@ -89,7 +98,13 @@ mod tests {
         assert!(bearer_matches(Some(b"Bearer s3cret"), "s3cret"));
         assert!(!bearer_matches(Some(b"Bearer s3cret2"), "s3cret"));
         assert!(!bearer_matches(Some(b"Bearer s3cre"), "s3cret"));
-        assert!(!bearer_matches(Some(b"bearer s3cret"), "s3cret"));
+        // The scheme is case-insensitive; the token is not.
+        assert!(bearer_matches(Some(b"bearer s3cret"), "s3cret"));
+        assert!(bearer_matches(Some(b"BEARER s3cret"), "s3cret"));
+        assert!(bearer_matches(Some(b"Bearer  s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some(b"Bearer S3CRET"), "s3cret"));
+        assert!(!bearer_matches(Some(b"Bearers3cret"), "s3cret"));
+        assert!(!bearer_matches(Some(b"Basic s3cret"), "s3cret"));
         assert!(!bearer_matches(Some(b"s3cret"), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
         assert_eq!(bearer("t"), "Bearer t");

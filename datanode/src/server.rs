@@ -2,8 +2,11 @@
 //! sweeper tasks, all stopped by one shutdown signal.
 
 use std::future::Future;
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::codegen::http;
 
 use ringcache_proto::pb::data_node_server::DataNodeServer;
 use tokio::net::TcpListener;
@@ -11,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::HealthService;
 
 use crate::auth::RequireToken;
 use crate::config::NodeOptions;
@@ -19,6 +26,11 @@ use crate::service::DataNodeService;
 
 /// Entries freed per shard lock hold by the expiry sweeper.
 const SWEEP_BUDGET: usize = 256;
+
+/// What a request may hold beyond one value: the manager's batches carry up
+/// to 1 MiB of other operations next to it (`MAX_BYTES` in the manager's
+/// `client/batch.rs`), plus keys and protobuf framing.
+const DECODE_HEADROOM: usize = (1 << 20) + (64 << 10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -61,10 +73,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(ringcache_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = tonic_health::server::HealthReporter::new();
     health
         .set_serving::<DataNodeServer<DataNodeService>>()
         .await;
+    let health_service = HealthServer::new(SpecHealth {
+        inner: HealthService::from_health_reporter(health),
+        stop: token.clone(),
+    });
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = {
@@ -75,7 +91,13 @@ pub async fn serve(
             token.cancel();
         }
     };
+    let max_value = opts.max_value_bytes;
     let server = Server::builder()
+        // A message over the decode limit is refused by tonic before our
+        // code sees it; give it the status and message of an oversized value.
+        .layer(tower::util::MapResponseLayer::new(
+            move |resp: http::Response<tonic::body::Body>| decode_limit_status(resp, max_value),
+        ))
         // Detect dead peers on idle connections.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -84,8 +106,13 @@ pub async fn serve(
         .initial_connection_window_size(Some(8 << 20))
         .add_service(InterceptedService::new(
             DataNodeServer::new(DataNodeService::new(node.clone()))
-                // A batch holds up to about 1 MiB of payload plus one value.
-                .max_decoding_message_size(opts.max_value_bytes.saturating_add(4 << 20))
+                // Just above the largest valid request, so that a larger one
+                // is refused from its length prefix without being buffered.
+                .max_decoding_message_size(
+                    opts.max_value_bytes
+                        .saturating_add(opts.max_key_bytes)
+                        .saturating_add(DECODE_HEADROOM),
+                )
                 .max_encoding_message_size(usize::MAX),
             RequireToken::new(opts.auth_token.clone()),
         ))
@@ -109,6 +136,88 @@ pub async fn serve(
     };
     token.cancel();
     result
+}
+
+/// Start of tonic's message when a request is over the decode limit
+/// (`tonic::codec::decode`); it comes with `OUT_OF_RANGE`.
+const DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
+
+/// Turns tonic's decode-limit refusal (`OUT_OF_RANGE`, "Error, decoded
+/// message length too large: found N bytes, ...") into the status an
+/// oversized value gets from the node itself: `RESOURCE_EXHAUSTED` with our
+/// message. A unary call is refused before any response, so the status is
+/// in the response headers (trailers-only). On a `Batch` stream the refusal
+/// comes in the trailers after earlier responses and is left as tonic
+/// writes it (the manager never sends a message that large).
+fn decode_limit_status(
+    mut resp: http::Response<tonic::body::Body>,
+    max_value: usize,
+) -> http::Response<tonic::body::Body> {
+    // Cheap test first: almost every response has no status in its headers.
+    if resp.headers().get("grpc-status").is_none_or(|v| v != "11") {
+        return resp;
+    }
+    let Some(status) = tonic::Status::from_header_map(resp.headers()) else {
+        return resp;
+    };
+    let Some(detail) = status.message().strip_prefix(DECODE_LIMIT_MESSAGE) else {
+        return resp;
+    };
+    let found = detail
+        .split("found ")
+        .nth(1)
+        .and_then(|m| m.split(' ').next());
+    let msg = match found {
+        Some(n) => format!("request is {n} bytes, larger than the value limit of {max_value}"),
+        None => format!("request is larger than the value limit of {max_value}"),
+    };
+    if let Err(e) = tonic::Status::resource_exhausted(msg).add_header(resp.headers_mut()) {
+        tracing::debug!(error = %e, "cannot rewrite the decode-limit status");
+    }
+    resp
+}
+
+/// `grpc.health.v1.Health` as its spec says: `Watch` on an unknown service
+/// streams `SERVICE_UNKNOWN` and keeps the call open (tonic-health ends it
+/// with `NOT_FOUND`). `Check` and known services are tonic-health's.
+struct SpecHealth {
+    inner: HealthService,
+    stop: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl Health for SpecHealth {
+    async fn check(
+        &self,
+        req: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(req).await
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send>,
+    >;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        match self.inner.watch(req).await {
+            Ok(stream) => Ok(tonic::Response::new(Box::pin(stream.into_inner()))),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                // The set of services is fixed at start: the answer never
+                // changes, and the call stays open until the node stops.
+                let unknown = HealthCheckResponse {
+                    status: ServingStatus::ServiceUnknown as i32,
+                };
+                let stream = futures::stream::once(async move { Ok(unknown) })
+                    .chain(futures::stream::pending())
+                    .take_until(self.stop.clone().cancelled_owned());
+                Ok(tonic::Response::new(Box::pin(stream)))
+            }
+            Err(s) => Err(s),
+        }
+    }
 }
 
 fn spawn_background(node: &Arc<Node>, opts: &NodeOptions) {

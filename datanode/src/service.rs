@@ -141,6 +141,9 @@ impl DataNode for DataNodeService {
                     Ok(ev) => ev,
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "subscriber lagged; events dropped for it");
+                        // The proto's rule: a Lagged event carries the number
+                        // of the last dropped event, so the next one is
+                        // consecutive to it.
                         let seq = last + missed;
                         return Some((Ok(convert::lagged(&node, seq, missed)), (rx, seq, node)));
                     }

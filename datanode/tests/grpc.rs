@@ -339,3 +339,69 @@ async fn with_a_token_calls_need_it_but_health_stays_open() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn a_value_far_over_the_limit_gets_resource_exhausted_not_the_decode_error() {
+    // Default limits (1 MiB values), a 16 MiB value: past tonic's decode
+    // limit, which refuses it before the node's own check.
+    let mut n = start(NodeOptions::default()).await;
+    let e = n
+        .client
+        .set(set("huge", &vec![0u8; 16 << 20], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message()
+            .contains("larger than the value limit of 1048576"),
+        "{e:?}"
+    );
+    // Between the value limit and the decode limit the node itself refuses.
+    let e = n
+        .client
+        .set(set("big", &vec![0u8; 2 << 20], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Both with our wording, and nothing was stored.
+    let s = n
+        .client
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.items, 0);
+}
+
+#[tokio::test]
+async fn health_watch_of_an_unknown_service_streams_service_unknown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let n = start(small()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(n.channel.clone());
+    let mut stream = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect("the call is accepted, not ended with NOT_FOUND")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    // The call stays open (the spec: SERVICE_UNKNOWN does not end it).
+    let next = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(next.is_err(), "stream ended or sent more: {next:?}");
+    // Known services still stream their status.
+    let mut known = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "ringcache.v1.DataNode".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = known.message().await.unwrap().unwrap();
+    assert_eq!(s.status, ServingStatus::Serving as i32);
+}

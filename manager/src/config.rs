@@ -46,11 +46,11 @@ pub struct ManagerOptions {
     pub vnodes: usize,
 
     /// Deadline of each call to a data node, e.g. 1s or 300ms.
-    #[arg(long, env = "MANAGER_NODE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MANAGER_NODE_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
     pub node_timeout: Duration,
 
     /// A node that sends no event (heartbeat) for this long is down.
-    #[arg(long, env = "MANAGER_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MANAGER_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = parse_nonzero_duration)]
     pub heartbeat_timeout: Duration,
 
     /// Size of the manager's near cache of hot values, e.g. 64MiB; kept
@@ -79,6 +79,44 @@ pub struct ManagerOptions {
     /// Largest value accepted, e.g. 1MiB. Larger bodies are not read.
     #[arg(long, env = "MANAGER_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_value_bytes: u64,
+
+    // Connection limits (slow or idle clients must not hold resources).
+    /// Open HTTP connections at most; further clients wait in the listen
+    /// backlog until one closes.
+    #[arg(long, env = "MANAGER_MAX_CONNECTIONS", default_value_t = 8192, value_parser = parse_positive)]
+    pub max_connections: usize,
+
+    /// An HTTP/1 connection whose request head (request line and headers)
+    /// is not complete in this time is closed.
+    #[arg(long, env = "MANAGER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed
+    /// (keep-alive, HTTP/2, or one that never sends a request).
+    #[arg(long, env = "MANAGER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub idle_timeout: Duration,
+
+    /// A request body that sends nothing for this long is answered with 408.
+    #[arg(long, env = "MANAGER_BODY_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub body_timeout: Duration,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("invalid number {s:?}: {e}")),
+    }
+}
+
+/// Parses a duration such as `1s` or `250ms`; zero is refused (a zero
+/// timeout would fail every call).
+fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 impl ManagerOptions {
@@ -144,5 +182,25 @@ mod tests {
         assert_eq!(o.replicas_for(1), 1);
         assert_eq!(o.embedded_nodes, 3);
         assert_eq!(o.listen.port(), 8080);
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        for flag in [
+            "--node-timeout",
+            "--heartbeat-timeout",
+            "--header-read-timeout",
+            "--idle-timeout",
+            "--body-timeout",
+        ] {
+            assert!(
+                ManagerOptions::try_parse_from(["manager", flag, "0s"]).is_err(),
+                "{flag} 0s accepted"
+            );
+            assert!(ManagerOptions::try_parse_from(["manager", flag, "250ms"]).is_ok());
+        }
+        assert!(ManagerOptions::try_parse_from(["manager", "--max-connections", "0"]).is_err());
+        // Zero grace is meaningful: stop at once.
+        assert!(ManagerOptions::try_parse_from(["manager", "--shutdown-grace", "0s"]).is_ok());
     }
 }

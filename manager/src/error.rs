@@ -18,6 +18,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("value is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    #[error("request body stalled: nothing received for {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
@@ -33,6 +35,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Cluster(ClusterError::Unavailable | ClusterError::RingIncomplete(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -4,18 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, request::Parts, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::BoxError;
 use axum::{Json, Router};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::Serialize;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::instrument;
 
 use crate::cluster::{Cluster, NodeState};
@@ -23,8 +25,11 @@ use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::query;
 
-/// Longest a request body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of an unwanted request body read and thrown away after the
+/// answer, so that a client still sending it gets to read the answer (rather
+/// than a reset connection, or RST_STREAM over HTTP/2). Past it the
+/// connection or stream is cut.
+const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// What the handlers share (behind one `Arc`: axum clones the state for
 /// every request).
@@ -37,14 +42,21 @@ pub struct AppState {
     /// Required bearer token, if any.
     pub auth_token: Option<Arc<str>>,
     pub max_concurrent_requests: usize,
+    /// Longest a request body may send nothing before the request gets 408.
+    pub body_timeout: Duration,
 }
 
 /// The manager's routes.
 pub fn router(state: AppState) -> Router {
     let state = Arc::new(state);
-    let body_limit = usize::try_from(state.max_value_bytes).unwrap_or(usize::MAX);
     let keys = Router::new()
-        .route("/", get(get_key).post(set_key).delete(delete_key))
+        .route(
+            "/",
+            get(get_key)
+                .post(set_key)
+                .delete(delete_key)
+                .fallback(method_not_allowed),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
@@ -60,7 +72,11 @@ pub fn router(state: AppState) -> Router {
             r
         }))
         .load_shed()
-        .concurrency_limit(state.max_concurrent_requests.max(1));
+        // Global: `Router::layer` applies a layer to each route separately,
+        // and a plain concurrency limit would give each route its own.
+        .layer(GlobalConcurrencyLimitLayer::new(
+            state.max_concurrent_requests.max(1),
+        ));
     let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))
@@ -72,17 +88,24 @@ pub fn router(state: AppState) -> Router {
         routes = routes.layer(axum::middleware::from_fn_with_state(token, require_token));
     }
     routes
-        // Liveness for orchestrators: open even when a token is required.
-        .route("/healthz", get(healthz))
         // The dashboard page holds no data (its script fetches /cluster and
         // /metrics with the token), so it is open too.
         .merge(crate::ui::router())
-        // Bodies past the limit are refused with 413 without being read, and
-        // a body that trickles in cannot hold a request slot forever.
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(overload)
+        // Liveness for orchestrators: open even when a token is required,
+        // and outside load shedding so that probes pass under overload.
+        .route("/healthz", get(healthz))
         .with_state(state)
+}
+
+/// 405 with the one line of text every non-GET answer has.
+async fn method_not_allowed() -> Response {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_static("GET,HEAD,POST,DELETE"),
+    );
+    r
 }
 
 /// Refuses requests without the bearer token.
@@ -153,24 +176,133 @@ async fn get_key(
 
 fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
     let Some(ttl) = ttl else { return Ok(None) };
-    let secs: u64 = ttl.parse().map_err(|_| {
+    let bad = || {
         ApiError::BadRequest(format!(
             "ttl must be a whole number of seconds, got {ttl:?}"
         ))
-    })?;
+    };
+    // Digits only: `u64::from_str` would also take a sign ("+5").
+    if ttl.is_empty() || !ttl.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let secs: u64 = ttl.parse().map_err(|_| bad())?;
     Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+/// The `Content-Length` the client announced, if any (and valid).
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Gets rid of a body the answer does not depend on.
+///
+/// - An HTTP/1 client waiting for `100 Continue` is not told to continue:
+///   the body is dropped unread (hyper then closes the connection after the
+///   answer).
+/// - Other HTTP/1 bodies are read and thrown away in the background while
+///   the answer goes out, so that a client still sending can finish and
+///   read it instead of hitting a reset connection.
+/// - HTTP/2 bodies are read and thrown away before the answer: a stream
+///   answered while the client is still sending ends in RST_STREAM, which
+///   curl reports as a framing error (92) and httpx as a protocol error,
+///   and curl stops sending once it has the answer.
+///
+/// Reading stops at [`DRAIN_LIMIT`] bytes or when the body stalls for
+/// `idle`; a body announced longer than the limit is not read at all.
+async fn discard(parts: &Parts, body: Body, idle: Duration) {
+    let announced = content_length(parts);
+    if announced == Some(0) || announced.is_some_and(|n| n > DRAIN_LIMIT) {
+        return;
+    }
+    if parts.version >= Version::HTTP_2 {
+        drain(body, idle).await;
+        return;
+    }
+    let waits_for_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits_for_continue {
+        tokio::spawn(drain(body, idle));
+    }
+}
+
+async fn drain(mut body: Body, idle: Duration) {
+    let mut read = 0u64;
+    while read <= DRAIN_LIMIT {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(None) => return,
+            Ok(Some(Err(_))) | Err(_) => {
+                tracing::debug!(read, "unwanted request body ended early");
+                return;
+            }
+        }
+    }
+    tracing::debug!(read, "unwanted request body too long to read to the end");
+}
+
+/// Reads a value from the body: 413 at once when the announced length is
+/// over the limit (nothing is read, no `100 Continue` is sent), 413 as soon
+/// as a body without a length passes it, 408 when it stalls.
+async fn read_value(st: &AppState, parts: &Parts, mut body: Body) -> Result<Bytes, ApiError> {
+    let max = st.max_value_bytes;
+    if content_length(parts).is_some_and(|n| n > max) {
+        discard(parts, body, st.body_timeout).await;
+        return Err(ApiError::TooLarge(max));
+    }
+    let mut buf = BytesMut::with_capacity(content_length(parts).unwrap_or(0) as usize);
+    loop {
+        let frame = match tokio::time::timeout(st.body_timeout, body.frame()).await {
+            Err(_) => return Err(ApiError::BodyTimeout(st.body_timeout)),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::BadRequest(format!("cannot read the body: {e}")))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > max {
+                discard(parts, body, st.body_timeout).await;
+                return Err(ApiError::TooLarge(max));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
 }
 
 #[instrument(level = "debug", skip_all, fields(key, len))]
 async fn set_key(
     State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
-    body: Bytes,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let (key, q) = st.key_query(raw)?;
-    let ttl = parse_ttl(q.ttl.as_deref())?;
-    // The value comes from the query when given there, else from the body.
-    let value = q.value.unwrap_or(body);
+    let (parts, body) = req.into_parts();
+    let parsed = st
+        .key_query(raw)
+        .and_then(|(key, q)| Ok((key, parse_ttl(q.ttl.as_deref())?, q.value)));
+    let (key, ttl, query_value) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            discard(&parts, body, st.body_timeout).await;
+            return Err(e);
+        }
+    };
+    // The value comes from the query when given there, else from the body;
+    // a body next to a query value is not the value and decides nothing.
+    let value = match query_value {
+        Some(v) => {
+            discard(&parts, body, st.body_timeout).await;
+            v
+        }
+        None => read_value(&st, &parts, body).await?,
+    };
     if value.len() as u64 > st.max_value_bytes {
         return Err(ApiError::TooLarge(st.max_value_bytes));
     }
@@ -200,10 +332,7 @@ async fn delete_key(
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         st.metrics.render(&st.cluster),
     )
         .into_response()

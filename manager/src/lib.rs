@@ -9,9 +9,11 @@
 //!   the nodes' invalidation events.
 //! - [`http`], [`query`], [`error`]: the HTTP API; [`metrics`]: `/metrics`.
 //! - [`embedded`]: the in-process cluster used when no nodes are given.
+//! - [`accept`]: the HTTP accept loop (connection cap and timeouts).
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
 //! - [`ui`]: the browser dashboard on `/ui`.
 
+pub mod accept;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -1,229 +1,271 @@
-//! Prometheus metrics of the manager, rendered in the text exposition
-//! format on `GET /metrics`: key API requests by method and status, their
-//! latency histogram, and each node's state and counters (from heartbeats).
+//! Prometheus metrics of the manager on `GET /metrics`, encoded by the
+//! Prometheus project's `prometheus-client` crate (OpenMetrics text): key
+//! API requests by method and status, their latency histogram, and each
+//! node's state and counters (from heartbeats).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{text, DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::cluster::{Cluster, NodeState};
 
-const METHODS: [&str; 4] = ["GET", "POST", "DELETE", "other"];
-const STATUSES: [u16; 13] = [
-    200, 201, 400, 401, 404, 405, 413, 429, 500, 502, 503, 504, 0,
+/// Content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Statuses with a label of their own; any other is counted as `0`, so the
+/// number of series stays bounded.
+const STATUSES: [u16; 14] = [
+    200, 201, 400, 401, 404, 405, 408, 413, 429, 500, 502, 503, 504, 0,
 ];
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Counters of the key API; lock-free so that recording costs a few atomic
-/// adds per request.
+type RequestLabels = [(&'static str, &'static str); 2];
+
+/// The manager's metrics: the key API's are recorded as requests happen;
+/// the nodes' are read from the cluster at every scrape.
 pub struct Metrics {
-    requests: [[AtomicU64; STATUSES.len()]; METHODS.len()],
-    buckets: [AtomicU64; BUCKETS.len()],
-    latency_sum_us: AtomicU64,
-    latency_count: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        // The encoder appends `_total` to counters.
+        registry.register(
+            "ringcache_http_requests",
+            "Key API requests by method and status (status 0: other)",
+            requests.clone(),
+        );
+        let latency = Histogram::new(BUCKETS);
+        registry.register(
+            "ringcache_http_request_duration_seconds",
+            "Key API request latency",
+            latency.clone(),
+        );
         Self {
-            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_sum_us: AtomicU64::new(0),
-            latency_count: AtomicU64::new(0),
+            registry,
+            requests,
+            latency,
         }
     }
 }
 
-fn method_index(m: &Method) -> usize {
+fn method_label(m: &Method) -> &'static str {
     match *m {
-        Method::GET => 0,
-        Method::POST => 1,
-        Method::DELETE => 2,
-        _ => 3,
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        _ => "other",
     }
 }
 
-fn status_index(s: u16) -> usize {
-    STATUSES
+/// Status codes as static strings, so that recording allocates nothing.
+fn status_label(s: u16) -> &'static str {
+    const LABELS: [&str; STATUSES.len()] = [
+        "200", "201", "400", "401", "404", "405", "408", "413", "429", "500", "502", "503", "504",
+        "0",
+    ];
+    let i = STATUSES
         .iter()
         .position(|&x| x == s)
-        .unwrap_or(STATUSES.len() - 1)
+        .unwrap_or(STATUSES.len() - 1);
+    LABELS[i]
 }
 
 impl Metrics {
     pub fn record(&self, method: &Method, status: u16, took: Duration) {
-        self.requests[method_index(method)][status_index(status)].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        // Buckets are stored non-cumulatively and summed when rendered.
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .get_or_create(&[
+                ("method", method_label(method)),
+                ("status", status_label(status)),
+            ])
+            .inc();
+        self.latency.observe(took.as_secs_f64());
     }
 
-    /// The exposition text.
+    /// The exposition text: the request metrics, then the nodes' as the
+    /// cluster sees them now.
     pub fn render(&self, cluster: &Cluster) -> String {
         let mut out = String::with_capacity(4096);
-        let o = &mut out;
-        header(
-            o,
-            "ringcache_http_requests_total",
-            "counter",
-            "Key API requests by method and status (status 0: other).",
-        );
-        for (mi, m) in METHODS.iter().enumerate() {
-            for (si, s) in STATUSES.iter().enumerate() {
-                let n = self.requests[mi][si].load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        o,
-                        "ringcache_http_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}"
-                    );
-                }
-            }
-        }
-        header(
-            o,
-            "ringcache_http_request_duration_seconds",
-            "histogram",
-            "Key API request latency.",
-        );
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                o,
-                "ringcache_http_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            o,
-            "ringcache_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(o, "ringcache_http_request_duration_seconds_sum {sum}");
-        let _ = writeln!(o, "ringcache_http_request_duration_seconds_count {count}");
-
-        let nodes: Vec<_> = cluster
-            .nodes()
-            .iter()
-            .map(|n| (n.addr().to_string(), n.state(), n.info()))
-            .collect();
-        header(
-            o,
-            "ringcache_node_up",
-            "gauge",
-            "1 when the data node is up (readable) in this manager's view.",
-        );
-        for (addr, state, _) in &nodes {
-            let up = u8::from(*state == NodeState::Up);
-            let _ = writeln!(o, "ringcache_node_up{{node=\"{addr}\"}} {up}");
-        }
-        type Field = fn(&ringcache_proto::pb::StatsResponse) -> u64;
-        let per_node: [(&str, &str, &str, Field); 6] = [
-            (
-                "ringcache_node_items",
-                "gauge",
-                "Entries held by the data node.",
-                |s| s.items,
-            ),
-            (
-                "ringcache_node_bytes",
-                "gauge",
-                "Accounted bytes held by the data node.",
-                |s| s.bytes_used,
-            ),
-            (
-                "ringcache_node_memory_limit_bytes",
-                "gauge",
-                "Memory bound of the data node.",
-                |s| s.memory_limit,
-            ),
-            (
-                "ringcache_node_evictions_total",
-                "counter",
-                "Entries evicted by the data node.",
-                |s| s.evictions,
-            ),
-            (
-                "ringcache_node_hits_total",
-                "counter",
-                "Reads that found their key on the data node.",
-                |s| s.hits,
-            ),
-            (
-                "ringcache_node_misses_total",
-                "counter",
-                "Reads that missed on the data node.",
-                |s| s.misses,
-            ),
-        ];
-        for (name, kind, help, field) in per_node {
-            header(o, name, kind, help);
-            for (addr, _, info) in &nodes {
-                if let Some(s) = &info.stats {
-                    let _ = writeln!(o, "{name}{{node=\"{addr}\"}} {}", field(s));
-                }
-            }
-        }
-        if let Some(near) = cluster.near_cache() {
-            let (items, bytes, hits, misses) = near.stats();
-            for (name, kind, help, v) in [
-                (
-                    "ringcache_near_cache_items",
-                    "gauge",
-                    "Entries in the manager's near cache.",
-                    items,
-                ),
-                (
-                    "ringcache_near_cache_bytes",
-                    "gauge",
-                    "Accounted bytes of the near cache.",
-                    bytes,
-                ),
-                (
-                    "ringcache_near_cache_hits_total",
-                    "counter",
-                    "Reads served by the near cache.",
-                    hits,
-                ),
-                (
-                    "ringcache_near_cache_misses_total",
-                    "counter",
-                    "Reads the near cache could not serve.",
-                    misses,
-                ),
-            ] {
-                header(o, name, kind, help);
-                let _ = writeln!(o, "{name} {v}");
-            }
-        }
+        let mut nodes = Registry::default();
+        nodes.register_collector(Box::new(NodeSnapshot::of(cluster)));
+        // Writing to a String cannot fail; the encoder's Result is for
+        // other writers.
+        let _ = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &nodes))
+            .and_then(|()| text::encode_eof(&mut out));
         out
     }
 }
 
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} {kind}");
+type Field = fn(&ringcache_proto::pb::StatsResponse) -> u64;
+
+/// Per-node metrics from heartbeats: (name without `_total`, type, help, field).
+const PER_NODE: [(&str, MetricType, &str, Field); 6] = [
+    (
+        "ringcache_node_items",
+        MetricType::Gauge,
+        "Entries held by the data node",
+        |s| s.items,
+    ),
+    (
+        "ringcache_node_bytes",
+        MetricType::Gauge,
+        "Accounted bytes held by the data node",
+        |s| s.bytes_used,
+    ),
+    (
+        "ringcache_node_memory_limit_bytes",
+        MetricType::Gauge,
+        "Memory bound of the data node",
+        |s| s.memory_limit,
+    ),
+    (
+        "ringcache_node_evictions",
+        MetricType::Counter,
+        "Entries evicted by the data node",
+        |s| s.evictions,
+    ),
+    (
+        "ringcache_node_hits",
+        MetricType::Counter,
+        "Reads that found their key on the data node",
+        |s| s.hits,
+    ),
+    (
+        "ringcache_node_misses",
+        MetricType::Counter,
+        "Reads that missed on the data node",
+        |s| s.misses,
+    ),
+];
+
+/// What a scrape reports about the nodes and the near cache, copied out of
+/// the cluster (a collector must own its data).
+#[derive(Debug)]
+struct NodeSnapshot {
+    /// Address, up, stats from the last heartbeat.
+    nodes: Vec<(String, bool, Option<ringcache_proto::pb::StatsResponse>)>,
+    /// Items, bytes, hits, misses.
+    near_cache: Option<(u64, u64, u64, u64)>,
+}
+
+impl NodeSnapshot {
+    fn of(cluster: &Cluster) -> Self {
+        Self {
+            nodes: cluster
+                .nodes()
+                .iter()
+                .map(|n| {
+                    (
+                        n.addr().to_string(),
+                        n.state() == NodeState::Up,
+                        n.info().stats.clone(),
+                    )
+                })
+                .collect(),
+            near_cache: cluster.near_cache().map(|n| n.stats()),
+        }
+    }
+}
+
+fn encode_const(metric: MetricEncoder, kind: MetricType, v: u64) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => ConstCounter::new(v).encode(metric),
+        _ => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(metric),
+    }
+}
+
+/// One family with a `node` label per series.
+fn encode_per_node(
+    encoder: &mut DescriptorEncoder,
+    (name, kind, help): (&str, MetricType, &str),
+    series: impl IntoIterator<Item = (String, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (node, v) in series {
+        let labels = [("node", node)];
+        encode_const(family.encode_family(&labels)?, kind, v)?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_per_node(
+            &mut encoder,
+            (
+                "ringcache_node_up",
+                MetricType::Gauge,
+                "1 when the data node is up (readable) in this manager's view",
+            ),
+            self.nodes
+                .iter()
+                .map(|(addr, up, _)| (addr.clone(), u64::from(*up))),
+        )?;
+        for (name, kind, help, field) in PER_NODE {
+            encode_per_node(
+                &mut encoder,
+                (name, kind, help),
+                self.nodes
+                    .iter()
+                    .filter_map(|(addr, _, s)| Some((addr.clone(), field(s.as_ref()?)))),
+            )?;
+        }
+        if let Some((items, bytes, hits, misses)) = self.near_cache {
+            for (name, kind, help, v) in [
+                (
+                    "ringcache_near_cache_items",
+                    MetricType::Gauge,
+                    "Entries in the manager's near cache",
+                    items,
+                ),
+                (
+                    "ringcache_near_cache_bytes",
+                    MetricType::Gauge,
+                    "Accounted bytes of the near cache",
+                    bytes,
+                ),
+                (
+                    "ringcache_near_cache_hits",
+                    MetricType::Counter,
+                    "Reads served by the near cache",
+                    hits,
+                ),
+                (
+                    "ringcache_near_cache_misses",
+                    MetricType::Counter,
+                    "Reads the near cache could not serve",
+                    misses,
+                ),
+            ] {
+                encode_const(encoder.encode_descriptor(name, help, None, kind)?, kind, v)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Middleware recording every request of the key API.
-pub async fn track(
-    State(metrics): State<std::sync::Arc<Metrics>>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::{self, ConnLimits};
 use crate::client::{CallError, NodeClient};
 use crate::cluster::{Cluster, NodeHandle};
 use crate::config::{parse_node, ManagerOptions};
@@ -117,36 +117,41 @@ async fn run(
         vnodes: opts.vnodes,
         auth_token: opts.auth_token.clone().map(Arc::from),
         max_concurrent_requests: opts.max_concurrent_requests,
+        body_timeout: opts.body_timeout,
     });
     let addr = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(), "manager serving HTTP");
-    let listener = listener.tap_io(|tcp| {
-        // Small responses must not wait for Nagle's algorithm.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let stop = token.clone();
     let stopping = CancellationToken::new();
-    let signalled = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        tokio::select! {
-            _ = shutdown => tracing::info!("manager shutting down"),
-            _ = stop.cancelled() => {}
-        }
-        signalled.cancel();
-    });
+    let stop_now = CancellationToken::new();
+    {
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown => tracing::info!("manager shutting down"),
+                _ = stop.cancelled() => {}
+            }
+            stopping.cancel();
+        });
+    }
+    let limits = ConnLimits {
+        max_connections: opts.max_connections,
+        header_read_timeout: opts.header_read_timeout,
+        idle_timeout: opts.idle_timeout,
+    };
+    let server = accept::serve(listener, app, limits, stopping.clone(), stop_now.clone());
     // In-flight requests get `shutdown_grace` to finish; then we stop anyway
     // (a client holding a connection open must not keep us alive).
     let grace = opts.shutdown_grace;
     tokio::select! {
-        r = std::future::IntoFuture::into_future(server) => r.map_err(ServeError::Http),
+        () = server => {}
         _ = async {
             stopping.cancelled().await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
-            Ok(())
+            stop_now.cancel();
         }
     }
+    Ok(())
 }
