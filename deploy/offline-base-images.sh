@@ -24,7 +24,9 @@
 #
 # Idempotent: an image that already exists is kept unless --force is given.
 # The debootstrapped root filesystem is cached as a tarball in
-# target/offline-base/ (about 1 minute to make, seconds to reuse).
+# target/offline-base/ (about 2 minutes to make, seconds to reuse), also
+# with --force (e.g. after a toolchain update); remove that directory to
+# debootstrap again.
 #
 # Needs root (debootstrap), Docker, and apt-get or debootstrap installed.
 set -euo pipefail
@@ -101,7 +103,7 @@ log "toolchain: $sysroot (rustc $full_version)"
 packages=ca-certificates,gcc,libc6-dev
 cache_dir="$root/target/offline-base"
 rootfs_tar="$cache_dir/debian-$suite-$arch-minbase-${packages//,/-}.tar"
-if ((force)) || [[ ! -s "$rootfs_tar" ]]; then
+if [[ ! -s "$rootfs_tar" ]]; then
   if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null ||
