@@ -125,7 +125,7 @@ if [[ ! -s "$rootfs_tar" ]]; then
   cleanup_rootfs() {
     local m
     for m in proc sys dev/pts dev; do
-      mountpoint -q "$work/rootfs/$m" 2>/dev/null && umount -l "$work/rootfs/$m" 2>/dev/null
+      if mountpoint -q "$work/rootfs/$m" 2>/dev/null; then umount -l "$work/rootfs/$m" || true; fi
     done
     rm -rf "$work"
   }
@@ -150,7 +150,8 @@ fi
 work="$(mktemp -d "$cache_dir/image.XXXXXX")"
 trap 'rm -rf "$work" "$work.image.tar"' EXIT
 toolchain="$version-$triple"
-[[ "$version" =~ ^[0-9]+\.[0-9]+$ ]] && toolchain="$full_version-$triple"
+# A two-part tag (rust:1.95-...) names the toolchain by its full version.
+if [[ "$version" =~ ^[0-9]+\.[0-9]+$ ]]; then toolchain="$full_version-$triple"; fi
 tc_dir="$work/usr/local/rustup/toolchains/$toolchain"
 mkdir -p "$tc_dir" "$work/usr/local/cargo/bin"
 # The toolchain without its HTML docs and completions (share/: ~800 MB).
@@ -158,7 +159,7 @@ tar -C "$sysroot" -cf - --exclude=./share . | tar -C "$tc_dir" -xf -
 if [[ -n "$rustup_bin" ]]; then
   cp "$rustup_bin" "$work/usr/local/cargo/bin/rustup"
   for proxy in cargo rustc rustdoc rust-gdb rust-lldb rustfmt cargo-fmt cargo-clippy clippy-driver; do
-    [[ -e "$tc_dir/bin/$proxy" ]] && ln -s rustup "$work/usr/local/cargo/bin/$proxy"
+    if [[ -e "$tc_dir/bin/$proxy" ]]; then ln -s rustup "$work/usr/local/cargo/bin/$proxy"; fi
   done
   printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\n' "$toolchain" \
     >"$work/usr/local/rustup/settings.toml"
