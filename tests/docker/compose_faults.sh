@@ -5,9 +5,11 @@
 #
 #   tests/docker/compose_faults.sh
 #
+# The images are built the way a user builds them: `compose up -d --build`
+# with docker/Dockerfile (without a registry, run
+# deploy/offline-base-images.sh first; .ci/run does).
+#
 # Environment:
-#   RINGCACHE_BIN_DIR   reuse the static binaries in this directory instead
-#                       of building them (see deploy/compose-up.sh)
 #   COMPOSE             compose command (default: `docker compose` when
 #                       present, else `docker-compose`)
 #   RINGCACHE_HTTP_PORT, RINGCACHE_DATANODE{1,2,3}_PORT
@@ -189,10 +191,11 @@ no_value() {
 # --- bring the cluster up -----------------------------------------------
 log "project $project; manager on $api; data nodes on 127.0.0.1:$RINGCACHE_DATANODE1_PORT-$RINGCACHE_DATANODE3_PORT; ${compose[*]}"
 up_start=$SECONDS
-if ! deploy/compose-up.sh -d; then
-  abort "compose up"
+log "${compose[*]} -p $project up -d --build"
+if ! dc up -d --build; then
+  abort "compose up -d --build (no registry? run deploy/offline-base-images.sh first)"
 fi
-log "compose up -d returned after $((SECONDS - up_start))s"
+log "compose up -d --build returned after $((SECONDS - up_start))s"
 for s in datanode1 datanode2 datanode3 manager; do
   ids[$s]="$(dc ps -q "$s")"
   [[ -n "${ids[$s]}" ]] || abort "container of $s not found"
