@@ -8,12 +8,10 @@ use clap::Parser;
 
 use crate::store::StoreConfig;
 
-/// Default bound of accounted memory (keys + values + per-entry overhead).
-pub const DEFAULT_MAX_MEMORY: u64 = 256 * 1024 * 1024;
-/// Longest key accepted, in bytes (memcached's limit).
-pub const DEFAULT_MAX_KEY_BYTES: usize = 250;
-/// Largest value accepted, in bytes.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub use ringcache_common::limits::{
+    parse_key_limit, parse_size, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_MEMORY,
+    DEFAULT_MAX_VALUE_BYTES, MAX_KEY_LIMIT,
+};
 
 /// Options of one data node.
 #[derive(Parser, Debug, Clone)]
@@ -115,32 +113,6 @@ impl NodeOptions {
     }
 }
 
-/// Parses a human-readable size such as `64MiB`, `1GB` or `4096`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size {s:?}: {e}"))
-}
-
-/// Keys are stored with a 16-bit length.
-pub const MAX_KEY_LIMIT: usize = u16::MAX as usize;
-
-/// Parses a key length limit: 1 to [`MAX_KEY_LIMIT`] bytes.
-pub fn parse_key_limit(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("invalid key limit {s:?}: {e}"))?;
-    if (1..=MAX_KEY_LIMIT).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!(
-            "key limit must be 1 to {MAX_KEY_LIMIT} bytes, got {n}"
-        ))
-    }
-}
-
 /// Parses a period such as `1s` or `250ms`; zero is refused.
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("invalid interval {s:?}: {e}"))?;
@@ -165,14 +137,6 @@ fn parse_size_usize(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_are_human_readable() {
-        assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
-        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").is_err());
-    }
 
     #[test]
     fn limits_that_would_break_the_store_are_refused() {

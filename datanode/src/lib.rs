@@ -3,7 +3,6 @@
 //! status heartbeats and invalidation events to its subscribers.
 //!
 //! - [`store`]: the sharded LRU/TTL store of versioned entries.
-//! - [`version`]: the hybrid logical clock that stamps write versions.
 //! - [`sync`]: repair and warm-up: dirty marks, the syncing state, and
 //!   pulling entries from a peer node.
 //! - [`events`]: the numbered event bus behind `Subscribe`.
@@ -11,21 +10,17 @@
 //! - [`service`]: the gRPC service; [`error`] maps errors to statuses.
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
 
-pub mod auth;
 mod compact_lru;
 pub mod config;
 mod convert;
 pub mod error;
 pub mod events;
-pub mod health;
 pub mod node;
-pub mod process;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod sync;
-pub mod version;
 
 pub use config::NodeOptions;
-pub use process::shutdown_signal;
+pub use ringcache_common::process::shutdown_signal;
 pub use server::{serve, ServeError};

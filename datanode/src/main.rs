@@ -1,5 +1,6 @@
 use clap::{CommandFactory, FromArgMatches};
-use ringcache_datanode::{health, serve, shutdown_signal, NodeOptions};
+use ringcache_common::{health, process};
+use ringcache_datanode::{serve, shutdown_signal, NodeOptions};
 
 // The data node keeps glibc's allocator on purpose: with mimalloc its RSS
 // under a full cache rose from 1.16x to 1.44x of --max-memory (see the
@@ -7,15 +8,14 @@ use ringcache_datanode::{health, serve, shutdown_signal, NodeOptions};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    ringcache_datanode::process::init_logging();
+    process::init_logging();
     let matches = NodeOptions::command().arg(health::arg()).get_matches();
     let opts = NodeOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(url) = health::requested(&matches, opts.listen) {
         return health::run(&url).await;
     }
-    let Some(listener) = ringcache_datanode::process::bind(opts.listen).await else {
+    let Some(listener) = process::bind(opts.listen).await else {
         return std::process::ExitCode::FAILURE;
     };
-    ringcache_datanode::process::run_to_exit("data node", serve(listener, opts, shutdown_signal()))
-        .await
+    process::run_to_exit("data node", serve(listener, opts, shutdown_signal())).await
 }

@@ -19,10 +19,10 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::HealthService;
 
-use crate::auth::RequireToken;
 use crate::config::NodeOptions;
 use crate::node::Node;
 use crate::service::DataNodeService;
+use ringcache_common::auth::RequireToken;
 
 /// Entries freed per shard lock hold by the expiry sweeper.
 const SWEEP_BUDGET: usize = 256;

@@ -8,7 +8,7 @@
 //! inside them. Entries with a TTL are also indexed by expiry time, so the
 //! sweeper removes expired entries without scanning the whole shard.
 //!
-//! Every entry carries a version ([`crate::version`]); a write is applied
+//! Every entry carries a version ([`ringcache_common::version`]); a write is applied
 //! only if it is newer than the key's entry, or, for a key the shard does
 //! not hold, newer than the shard's *floor*: the largest version the shard
 //! dropped without a trace (evicted, expired, flushed). Deletes leave
@@ -29,15 +29,11 @@ use tokio::time::Instant;
 
 use crate::compact_lru::{CompactLru, Item};
 use crate::events::{lock, Cause, EventBus, EventKind};
-use crate::version::Hlc;
+use ringcache_common::version::Hlc;
 
-/// Bytes charged per entry on top of its key and value, so that the limit
-/// tracks real memory: the entry's allocation header (reference counts,
-/// expiry, version, key length: 34 bytes) and the allocator's rounding, the
-/// 24-byte list node and the index slot (with their tables' spare capacity).
-/// RSS per item measured by `bench/run.sh` (1M items of 10 + 100 bytes)
-/// should stay at or below this.
-pub const ENTRY_OVERHEAD: u64 = 88;
+/// Bytes charged per entry on top of its key and value (shared with the
+/// manager, which refuses what a replica could not hold).
+pub use ringcache_common::limits::ENTRY_OVERHEAD;
 
 /// How long a tombstone is kept by default.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(300);
@@ -213,9 +209,8 @@ impl HashRanges {
 }
 
 /// The hash a key is placed by on the ring, and selected by in scans.
-pub fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
-}
+pub use ringcache_common::hash::key_hash;
+use ringcache_common::hash::key_hash_bytes;
 
 /// Handle to a shared store; cloning it is cheap.
 #[derive(Clone)]
@@ -631,7 +626,7 @@ impl Store {
             let mut slots = Vec::new();
             let mut from = 0;
             while let Some(next) = shard.lru.visit_slots(from, usize::MAX, |slot, item| {
-                if ranges.contains(xxhash_rust::xxh3::xxh3_64(item.key())) {
+                if ranges.contains(key_hash_bytes(item.key())) {
                     slots.push(slot);
                 }
             }) {
@@ -688,7 +683,7 @@ impl Store {
                 examined += 1;
                 if item.version() >= since
                     && !is_expired(item, now)
-                    && ranges.contains(xxhash_rust::xxh3::xxh3_64(item.key()))
+                    && ranges.contains(key_hash_bytes(item.key()))
                 {
                     bytes += item.payload_len();
                     items.push(item.clone());
@@ -1112,7 +1107,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_instance_has_lost_everything_before_it_started() {
         // A write a second before the new instance started.
-        let v = crate::version::wall_version_ago(Duration::from_secs(1));
+        let v = ringcache_common::version::wall_version_ago(Duration::from_secs(1));
         let new = store(1 << 20, None, 1);
         assert!(new.lost_after() >= v);
     }

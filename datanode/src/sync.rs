@@ -243,7 +243,7 @@ pub async fn pull(
         .map_err(|_| PullError::Address(source.clone()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let token = crate::auth::AddToken::new(node.auth_token())
+    let token = ringcache_common::auth::AddToken::new(node.auth_token())
         .map_err(|_| PullError::Address(source.clone()))?;
     let mut client =
         pb::data_node_client::DataNodeClient::with_interceptor(endpoint.connect_lazy(), token)

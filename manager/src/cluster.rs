@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringcache_datanode::version::{wall_version_ago, Hlc};
+use ringcache_common::version::{wall_version_ago, Hlc};
 use ringcache_proto::pb;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
@@ -546,7 +546,7 @@ impl Cluster {
         let Change::Set { value, .. } = change else {
             return Ok(());
         };
-        let size = (key.len() + value.len()) as u64 + ringcache_datanode::store::ENTRY_OVERHEAD;
+        let size = (key.len() + value.len()) as u64 + ringcache_common::limits::ENTRY_OVERHEAD;
         for &i in targets {
             let node = &self.nodes[i];
             let Some(stats) = node.info().stats else {

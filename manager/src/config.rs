@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ringcache_datanode::config::parse_size;
+use ringcache_common::limits::parse_size;
 
 use crate::ring::DEFAULT_VNODES;
 
@@ -73,7 +73,7 @@ pub struct ManagerOptions {
     pub shutdown_grace: Duration,
 
     /// Longest key accepted, in bytes.
-    #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_datanode::config::DEFAULT_MAX_KEY_BYTES, value_parser = ringcache_datanode::config::parse_key_limit)]
+    #[arg(long, env = "MANAGER_MAX_KEY_BYTES", default_value_t = ringcache_common::limits::DEFAULT_MAX_KEY_BYTES, value_parser = ringcache_common::limits::parse_key_limit)]
     pub max_key_bytes: usize,
 
     /// Largest value accepted, e.g. 1MiB. Larger bodies are not read.

@@ -10,13 +10,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Name of the flag (and of its clap argument id), as on the data node.
-pub use ringcache_datanode::health::FLAG;
+pub use ringcache_common::health::FLAG;
 /// Longest a check may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `--health-check [URL]` flag, to add to the manager's command line.
 pub fn arg() -> clap::Arg {
-    ringcache_datanode::health::flag(
+    ringcache_common::health::flag(
         "Send GET URL (default: /healthz on this manager's --listen port on \
              loopback), then exit 0 on a 2xx answer, 1 otherwise",
     )
@@ -27,13 +27,13 @@ pub fn arg() -> clap::Arg {
 pub fn local_url(listen: SocketAddr) -> String {
     format!(
         "http://{}/healthz",
-        ringcache_datanode::health::loopback(listen)
+        ringcache_common::health::loopback(listen)
     )
 }
 
 /// The URL to check when `--health-check` was given, `None` otherwise.
 pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<String> {
-    ringcache_datanode::health::requested_url(matches, local_url(listen))
+    ringcache_common::health::requested_url(matches, local_url(listen))
 }
 
 /// Splits `http://host:port/path` into `host:port` and `/path`.
@@ -97,7 +97,7 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
 
 /// Runs the check and reports it the way container health checks read it.
 pub async fn run(url: &str) -> ExitCode {
-    ringcache_datanode::health::report(
+    ringcache_common::health::report(
         check(url, TIMEOUT).await,
         &format!("manager at {url} is serving"),
     )

@@ -114,7 +114,7 @@ async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if !ringcache_datanode::auth::bearer_matches(given, &token) {
+    if !ringcache_common::auth::bearer_matches(given, &token) {
         let mut r = (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -1,5 +1,5 @@
 use clap::{CommandFactory, FromArgMatches};
-use ringcache_datanode::shutdown_signal;
+use ringcache_common::process::shutdown_signal;
 use ringcache_manager::{health, serve, ManagerOptions};
 
 // Request handling allocates small, short-lived buffers at a high rate;
@@ -9,15 +9,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    ringcache_datanode::process::init_logging();
+    ringcache_common::process::init_logging();
     let matches = ManagerOptions::command().arg(health::arg()).get_matches();
     let opts = ManagerOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(url) = health::requested(&matches, opts.listen) {
         return health::run(&url).await;
     }
-    let Some(listener) = ringcache_datanode::process::bind(opts.listen).await else {
+    let Some(listener) = ringcache_common::process::bind(opts.listen).await else {
         return std::process::ExitCode::FAILURE;
     };
-    ringcache_datanode::process::run_to_exit("manager", serve(listener, opts, shutdown_signal()))
+    ringcache_common::process::run_to_exit("manager", serve(listener, opts, shutdown_signal()))
         .await
 }

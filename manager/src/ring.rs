@@ -21,10 +21,8 @@ pub struct Ring {
     nodes: usize,
 }
 
-/// Hash of a key on the ring.
-pub fn key_hash(key: &str) -> u64 {
-    xxh3_64(key.as_bytes())
-}
+/// Hash of a key on the ring (shared with the data nodes' range scans).
+pub use ringcache_common::hash::key_hash;
 
 impl Ring {
     pub fn new<S: AsRef<str>>(ids: &[S], vnodes: usize) -> Self {

@@ -27,7 +27,7 @@ async fn memory_bound_holds_under_a_fill_of_three_times_the_limit() {
     let baseline = rss_bytes(node.pid());
     let value = vec![b'x'; 1000];
     let total = 3 * limit;
-    let per = 1000 + 16 + ringcache_datanode::store::ENTRY_OVERHEAD;
+    let per = 1000 + 16 + ringcache_common::limits::ENTRY_OVERHEAD;
     let n = total / per;
     // Batches of sets on one Batch stream, checking the bound after each.
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -272,7 +272,7 @@ async fn a_read_that_falls_over_writes_the_value_back() {
         }
         assert_eq!(holders.len(), 2, "{key}");
         let victim = holders[i % 2];
-        let h = ringcache_datanode::store::key_hash(&key);
+        let h = ringcache_common::hash::key_hash(&key);
         let mut raw = ringcache_proto::pb::data_node_client::DataNodeClient::connect(
             c.nodes[victim].grpc_uri(),
         )

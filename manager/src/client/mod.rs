@@ -9,7 +9,7 @@ mod batch;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcache_datanode::auth::AddToken;
+use ringcache_common::auth::AddToken;
 use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
