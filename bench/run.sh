@@ -4,7 +4,7 @@
 # starts every server on 127.0.0.1 with fresh ports, runs bounded loads,
 # stops everything it started (by PID, on any exit) and prints one table.
 #
-#   bench/run.sh                 # full run, 3 rounds of 5 s loads
+#   bench/run.sh                 # full run, 3 rounds of 4 s loads (~12 min)
 #   QUICK=1 bench/run.sh         # smoke run, 2 rounds of 1 s loads
 #
 # Options (environment): DURATION (s per measured load), WARMUP (s),
@@ -37,7 +37,7 @@ if [[ $QUICK == 1 ]]; then
     CRIT_WARMUP=${CRIT_WARMUP:-0.2}
     CRIT_TIME=${CRIT_TIME:-0.5}
 fi
-DURATION=${DURATION:-5}
+DURATION=${DURATION:-4}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-100000}
