@@ -187,7 +187,7 @@ async fn run(client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeou
                     if ops.is_empty() {
                         continue;
                     }
-                    let ops = std::mem::replace(ops, Vec::new());
+                    let ops = std::mem::take(ops);
                     if lane.send(pb::BatchRequest { ops }).is_err() {
                         break 'stream Status::unavailable("batch stream closed");
                     }
