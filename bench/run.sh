@@ -717,7 +717,7 @@ report() {
     local c=$TOP_CONNS load
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     echo
-    echo "ringcache benchmarks: $(nproc) cores, load average $load at the start $LOAD0, $load at the end; wrk -t$WRK_THREADS, HTTP: median of $ROUNDS alternating ${DURATION}s runs after a ${WARMUP}s warm-up; $KEYS keys of $VALUE_SIZE B ($KEYS_BIG of 1 KiB and 16 KiB), Zipf exponent $ZIPF"
+    echo "ringcache benchmarks: $(nproc) cores, load average $LOAD0 at the start, $load at the end; wrk -t$WRK_THREADS, HTTP: median of $ROUNDS alternating ${DURATION}s runs after a ${WARMUP}s warm-up; $KEYS keys of $VALUE_SIZE B ($KEYS_BIG of 1 KiB and 16 KiB), Zipf exponent $ZIPF"
     echo "peers: $(nginx -v 2>&1 | sed 's/.*version: //'), memcached $(memcached -V | cut -d' ' -f2), redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2), $(nutcracker -V 2>&1 | head -1 | grep -o 'nutcracker-[^ ]*'), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
     printf '%s\n' "--------------------------------------------------------------------------------------------------------------------------------------"
     printf '%-7s %-28s %-18s %6s %12s %-8s %10s %10s %7s %-8s %s\n' \
