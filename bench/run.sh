@@ -4,11 +4,13 @@
 # starts every server on 127.0.0.1 with fresh ports, runs bounded loads,
 # stops everything it started (by PID, on any exit) and prints one table.
 #
-#   bench/run.sh                 # full run, DURATION=10 s per load
-#   QUICK=1 bench/run.sh         # smoke run, short loads
+#   bench/run.sh                 # full run, 3 rounds of 4 s loads (~12 min)
+#   QUICK=1 bench/run.sh         # smoke run, 2 rounds of 1 s loads
 #
 # Options (environment): DURATION (s per measured load), WARMUP (s),
-# KEYS, VALUE_SIZE, CONNS ("16 64"), WRK_THREADS (2), GRPC_CONCURRENCY (64),
+# ROUNDS (HTTP rounds, systems alternating; rows show the median and range),
+# KEYS, KEYS_BIG (keys of the 1 KiB and 16 KiB rows), ZIPF (exponent of the
+# hot-key rows), VALUE_SIZE, CONNS ("16 64"), WRK_THREADS (2), GRPC_CONCURRENCY (64),
 # GRPC_THREADS (1), REDIS_CLIENTS (50), REDIS_N (requests per
 # redis-benchmark test; default: calibrated to last DURATION), MEM_ITEMS
 # (1000000), RING_KEYS (1000000), CRIT_WARMUP / CRIT_TIME (criterion, s),
@@ -26,15 +28,21 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-    DURATION=${DURATION:-2}
+    DURATION=${DURATION:-1}
     WARMUP=${WARMUP:-1}
+    ROUNDS=${ROUNDS:-2}
+    KEYS=${KEYS:-20000}
+    KEYS_BIG=${KEYS_BIG:-2000}
     MEM_ITEMS=${MEM_ITEMS:-200000}
     CRIT_WARMUP=${CRIT_WARMUP:-0.2}
     CRIT_TIME=${CRIT_TIME:-0.5}
 fi
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-4}
 WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-100000}
+KEYS_BIG=${KEYS_BIG:-10000}
+ZIPF=${ZIPF:-0.99}
 VALUE_SIZE=${VALUE_SIZE:-100}
 CONNS=${CONNS:-"16 64"}
 WRK_THREADS=${WRK_THREADS:-2}
@@ -233,44 +241,89 @@ build() {
 }
 
 # ---------------------------------------------------------------- HTTP loads
-# wrk_run KEY SYSTEM OP CONNS URL [NOTE]: one measured wrk run.
-wrk_run() {
-    local key=$1 system=$2 op=$3 conns=$4 url=$5 note=${6:-} script out line
-    script=$BENCH/lua/$(tr '[:upper:]' '[:lower:]' <<<"$op").lua
-    out=$WORK/wrk-$key.log
-    KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE timeout --foreground -s INT $((DURATION + 30)) \
-        wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" -s "$script" "$url" >"$out" 2>&1 ||
+# Every system runs at once, and each load runs ROUNDS times: round r
+# takes the systems in an order rotated by r, so no system always runs
+# first (or right after a given other one) while the machine's state
+# drifts. A row shows the median of the rounds and their range.
+#
+# Keyspaces: KEY_PREFIX "key:" holds KEYS keys of VALUE_SIZE bytes (the
+# uniform and the Zipf rows), "v1k:" and "v16k:" KEYS_BIG keys of 1 KiB
+# and 16 KiB.
+declare -A SAMPLE_RPS=() SAMPLE_P50=() SAMPLE_P99=() SAMPLE_ERR=() SAMPLE_NAME=() SAMPLE_OP=()
+SAMPLE_ORDER=()
+
+# wrk_sample KEY SYSTEM OPLABEL CONNS URL SCRIPT ENV...: one measured wrk run,
+# appended to the samples of KEY (ENV: NAME=VALUE for the Lua script).
+wrk_sample() {
+    local key=$1 system=$2 oplabel=$3 conns=$4 url=$5 script=$6 out line reqs dur errs rps
+    shift 6
+    out=$WORK/wrk-${key//[: ]/_}.log
+    env KEYS="$KEYS" VALUE_SIZE="$VALUE_SIZE" "$@" timeout --foreground -s INT $((DURATION + 30)) \
+        wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" -s "$BENCH/lua/$script" "$url" >"$out" 2>&1 ||
         die "wrk against $system failed (see $out)"
     line=$(grep '^RESULT' "$out") || die "wrk printed no RESULT line (see $out)"
-    local reqs dur errs
     reqs=$(field requests "$line")
     dur=$(field duration_us "$line")
     errs=$(($(field non2xx "$line") + $(field connect_err "$line") + $(field read_err "$line") +
         $(field write_err "$line") + $(field timeout "$line")))
-    row "$key" http "$system" "$op" "$conns" "$(calc "$reqs / ($dur / 1e6)")" "req/s" \
-        "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs" "$note"
-    log "  $system $op c=$conns: $(calc "$reqs / ($dur / 1e6)" | cut -d. -f1) req/s, p99 $(field p99_us "$line") us, $errs errors"
+    rps=$(calc "$reqs / ($dur / 1e6)")
+    if [[ -z ${SAMPLE_NAME[$key]:-} ]]; then
+        SAMPLE_ORDER+=("$key")
+        SAMPLE_NAME[$key]=$system
+        SAMPLE_OP[$key]="$oplabel|$conns"
+        SAMPLE_ERR[$key]=0
+    fi
+    SAMPLE_RPS[$key]+=" $rps"
+    SAMPLE_P50[$key]+=" $(field p50_us "$line")"
+    SAMPLE_P99[$key]+=" $(field p99_us "$line")"
+    SAMPLE_ERR[$key]=$((SAMPLE_ERR[$key] + errs))
+    log "  $system $oplabel c=$conns: ${rps%.*} req/s, p99 $(field p99_us "$line") us, $errs errors"
 }
 
-# warm URL: an unmeasured GET load at the top connection count.
+# stats VALUES...: "median min max" (the median of an even count is the
+# mean of the middle two).
+stats() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.4f %.4f %.4f", m, v[1], v[NR] }'
+}
+
+# summarize: one table row per sampled load (median, range in the note).
+summarize() {
+    local key med lo hi p50 p99 plo phi oplabel conns
+    for key in "${SAMPLE_ORDER[@]}"; do
+        read -r med lo hi <<<"$(stats ${SAMPLE_RPS[$key]})"
+        read -r p50 _ _ <<<"$(stats ${SAMPLE_P50[$key]})"
+        read -r p99 plo phi <<<"$(stats ${SAMPLE_P99[$key]})"
+        IFS='|' read -r oplabel conns <<<"${SAMPLE_OP[$key]}"
+        row "$key" http "${SAMPLE_NAME[$key]}" "$oplabel" "$conns" "$med" "req/s" \
+            "${p50%.*}" "${p99%.*}" "${SAMPLE_ERR[$key]}" \
+            "n=$(wc -w <<<"${SAMPLE_RPS[$key]}"): $(fmt_num "$lo")-$(fmt_num "$hi") req/s, p99 $(fmt_us "${plo%.*}")-$(fmt_us "${phi%.*}")"
+    done
+}
+
+# warm URL [ENV...]: an unmeasured GET load at the top connection count.
 warm() {
     [[ $WARMUP == 0 ]] && return 0
-    KEYS=$KEYS timeout --foreground -s INT $((WARMUP + 30)) wrk -t"$WRK_THREADS" -c"$TOP_CONNS" -d"${WARMUP}s" \
-        -s "$BENCH/lua/get.lua" "$1" >"$WORK/warmup.log" 2>&1 || die "warm-up wrk failed"
+    local url=$1
+    shift
+    env KEYS="$KEYS" "$@" timeout --foreground -s INT $((WARMUP + 30)) wrk -t"$WRK_THREADS" -c"$TOP_CONNS" \
+        -d"${WARMUP}s" -s "$BENCH/lua/get.lua" "$url" >"$WORK/warmup.log" 2>&1 || die "warm-up wrk failed"
 }
 
-# http_preload NAME URL COUNT_FN EXPECTED: writes every key through HTTP with
-# preload.lua, until COUNT_FN reports EXPECTED entries (60 s deadline).
+# http_preload NAME URL COUNT_FN EXPECTED PREFIX NKEYS SIZE: writes
+# PREFIX0 .. PREFIX(NKEYS-1) through HTTP with preload.lua, until COUNT_FN
+# reports EXPECTED entries in all (90 s deadline).
 http_preload() {
-    local name=$1 url=$2 count_fn=$3 expected=$4 deadline=$((SECONDS + 60)) n=0 wpid code
+    local name=$1 url=$2 count_fn=$3 expected=$4 prefix=$5 nkeys=$6 size=$7 deadline=$((SECONDS + 90)) n=0 wpid code
     # wrk calls request() once in its first thread to check the script
-    # (script_verify_request), so preload.lua's first key, key:0, is never
-    # sent: write it here.
-    code=$(head -c "$VALUE_SIZE" /dev/zero | tr '\0' v | curl -s -o /dev/null -w '%{http_code}' \
-        --data-binary @- "$url/?key=key:0") || true
-    [[ $code == 20[01] ]] || die "$name: POST key:0 answered '$code'"
-    spawn "preload-$name" env KEYS="$KEYS" THREADS="$PRELOAD_THREADS" VALUE_SIZE="$VALUE_SIZE" \
-        wrk -t"$PRELOAD_THREADS" -c"$PRELOAD_THREADS" -d120s -s "$BENCH/lua/preload.lua" "$url"
+    # (script_verify_request), so preload.lua's first key is never sent:
+    # write it here.
+    code=$(head -c "$size" /dev/zero | tr '\0' v | curl -s -o /dev/null -w '%{http_code}' \
+        --data-binary @- "$url/?key=${prefix}0") || true
+    [[ $code == 20[01] ]] || die "$name: POST ${prefix}0 answered '$code'"
+    spawn "preload-$name-${prefix%:}" env KEYS="$nkeys" THREADS="$PRELOAD_THREADS" VALUE_SIZE="$size" \
+        KEY_PREFIX="$prefix" wrk -t"$PRELOAD_THREADS" -c"$PRELOAD_THREADS" -d120s -s "$BENCH/lua/preload.lua" "$url"
     wpid=$SPAWNED
     while ((SECONDS < deadline)); do
         n=$($count_fn) || n=0
@@ -281,24 +334,25 @@ http_preload() {
     kill -INT "$wpid" 2>/dev/null || true
     wait "$wpid" 2>/dev/null || true
     forget "$wpid"
-    ((n >= expected)) || die "preload of $name: $n of $expected entries after 60 s"
-    if grep -qE "Non-2xx|Socket errors" "$WORK/preload-$name.log"; then
-        die "preload of $name saw errors: $(grep -E 'Non-2xx|Socket errors' "$WORK/preload-$name.log")"
+    ((n >= expected)) || die "preload of $name ($prefix): $n of $expected entries after 90 s"
+    if grep -qE "Non-2xx|Socket errors" "$WORK/preload-$name-${prefix%:}.log"; then
+        die "preload of $name saw errors: $(grep -E 'Non-2xx|Socket errors' "$WORK/preload-$name-${prefix%:}.log")"
     fi
-    check_get "$name" "$url"
+    check_get "$name" "$url" "$prefix" "$nkeys" "$size"
 }
 
-# check_get NAME URL: the first and last keys read back with their size.
+# check_get NAME URL [PREFIX NKEYS SIZE]: the first and last keys read back
+# with their size.
 check_get() {
-    local k got
-    for k in 0 $((KEYS - 1)); do
-        got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "$2/?key=key:$k") || true
-        [[ $got == "200 $VALUE_SIZE" ]] || die "$1: GET key:$k answered '$got', not '200 $VALUE_SIZE'"
+    local k got prefix=${3:-key:} nkeys=${4:-$KEYS} size=${5:-$VALUE_SIZE}
+    for k in 0 $((nkeys - 1)); do
+        got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "$2/?key=$prefix$k") || true
+        [[ $got == "200 $size" ]] || die "$1: GET $prefix$k answered '$got', not '200 $size'"
     done
 }
 
 MGR_URL=
-cluster_json() { curl -s --max-time 2 "$MGR_URL/cluster"; }
+cluster_json() { curl -s --max-time 2 "${1:-$MGR_URL}/cluster"; }
 # Entries on the data nodes as the manager last heard (heartbeats, 1 s).
 ringcache_items() {
     cluster_json | sed 's/"near_cache".*//' | grep -o '"items":[0-9]*' | cut -d: -f2 |
@@ -324,21 +378,42 @@ start_manager() {
     die "$name sees $up of 3 data nodes up after 20 s: $(cluster_json)"
 }
 
-# http_rows KEY SYSTEM URL OPS: warm-up, then each op at each
-# connection count.
-http_rows() {
-    local key=$1 system=$2 url=$3 ops=$4 op c
-    warm "$url"
-    for op in $ops; do
-        for c in $CONNS; do
-            wrk_run "$key:$op:$c" "$system" "$op" "$c" "$url"
+# The systems of the HTTP rounds: key prefix of their rows, name, URL.
+HSYS=()
+declare -A HNAME=() HURL=()
+add_system() {
+    HSYS+=("$1")
+    HNAME[$1]=$2
+    HURL[$1]=$3
+}
+
+# round_load R KIND SYSTEMS...: one load kind against each system, in an
+# order rotated by the round number R.
+round_load() {
+    local r=$1 kind=$2 c i n s
+    shift 2
+    local systems=("$@")
+    n=${#systems[@]}
+    for c in $CONNS; do
+        for ((i = 0; i < n; i++)); do
+            s=${systems[(i + r) % n]}
+            case $kind in
+            GET) wrk_sample "$s:GET:$c" "${HNAME[$s]}" "GET" "$c" "${HURL[$s]}" get.lua ;;
+            POST) wrk_sample "$s:POST:$c" "${HNAME[$s]}" "POST" "$c" "${HURL[$s]}" post.lua ;;
+            zipf) wrk_sample "$s:GET-zipf:$c" "${HNAME[$s]}" "GET zipf $ZIPF" "$c" "${HURL[$s]}" get.lua \
+                ZIPF="$ZIPF" ;;
+            1k) wrk_sample "$s:GET-1KiB:$c" "${HNAME[$s]}" "GET 1KiB" "$c" "${HURL[$s]}" get.lua \
+                KEYS="$KEYS_BIG" KEY_PREFIX=v1k: ;;
+            16k) wrk_sample "$s:GET-16KiB:$c" "${HNAME[$s]}" "GET 16KiB" "$c" "${HURL[$s]}" get.lua \
+                KEYS="$KEYS_BIG" KEY_PREFIX=v16k: ;;
+            esac
         done
     done
 }
 
 phase_http() {
-    log "HTTP: ringcache (1 manager + 3 data nodes)"
-    local i port dn_pids=() ports=()
+    log "HTTP: starting ringcache (1 manager + 3 data nodes, and a near-cache manager), the axum ceiling and nginx + 3 memcached"
+    local i port dn_pids=() ports=() total first=${#PIDS[@]}
     for i in 1 2 3; do
         free_port port
         spawn "datanode$i" "$BIN/datanode" --listen "127.0.0.1:$port" --id "dn$i"
@@ -348,49 +423,53 @@ phase_http() {
     for i in 0 1 2; do wait_port "${ports[i]}" "${dn_pids[i]}"; done
     DN_ADDRS=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}
 
+    # The near-cache manager first: a manager flushes the nodes it admits,
+    # so both must be up before the keys are loaded (through the plain one;
+    # the near-cache one learns of the writes by the nodes' events).
+    start_manager manager-near --near-cache 64MiB
+    local near_url=$MGR_URL
     start_manager manager
     local replicas
     replicas=$(cluster_json | grep -o '"replicas":[0-9]*' | cut -d: -f2)
-    RC_NAME="ringcache (replicas=$replicas)"
-    http_preload ringcache "$MGR_URL" ringcache_items $((KEYS * replicas))
-    http_rows rc "$RC_NAME" "$MGR_URL" "GET POST"
-    stop "$MGR_PID"
+    add_system rc "ringcache (replicas=$replicas)" "$MGR_URL"
+    add_system rcnear "ringcache near-cache 64MiB" "$near_url"
+    total=$KEYS
+    http_preload ringcache "$MGR_URL" ringcache_items $((total * replicas)) key: "$KEYS" "$VALUE_SIZE"
+    total=$((total + KEYS_BIG))
+    http_preload ringcache "$MGR_URL" ringcache_items $((total * replicas)) v1k: "$KEYS_BIG" 1024
+    total=$((total + KEYS_BIG))
+    http_preload ringcache "$MGR_URL" ringcache_items $((total * replicas)) v16k: "$KEYS_BIG" 16384
+    check_get ringcache-near "$near_url"
 
-    log "HTTP: ringcache with --near-cache 64MiB"
-    start_manager manager-near --near-cache 64MiB
-    # A manager flushes the nodes it admits (it cannot know what they missed
-    # before it started), so the keys are loaded again through it.
-    http_preload ringcache "$MGR_URL" ringcache_items $((KEYS * replicas))
-    check_get ringcache-near "$MGR_URL"
-    http_rows rcnear "ringcache near-cache 64MiB" "$MGR_URL" "GET POST"
-    NEAR_STATS=$(cluster_json | grep -o '"near_cache":{[^}]*}' || true)
-    stop "$MGR_PID"
-    stop_all "${dn_pids[@]}"
-
-    log "HTTP: axum ceiling (in-process map)"
     free_port port
     spawn http_ceiling "$BIN/http_ceiling" --listen "127.0.0.1:$port"
-    local ceil_pid=$SPAWNED
-    wait_port "$port" "$ceil_pid"
+    wait_port "$port" "$SPAWNED"
     CEIL_URL=http://127.0.0.1:$port
+    add_system axum "axum ceiling (HashMap)" "$CEIL_URL"
     ceiling_items() { curl -s --max-time 2 "$CEIL_URL/stats"; }
-    http_preload ceiling "$CEIL_URL" ceiling_items "$KEYS"
-    http_rows axum "axum ceiling (HashMap)" "$CEIL_URL" "GET POST"
-    stop "$ceil_pid"
+    total=$KEYS
+    http_preload ceiling "$CEIL_URL" ceiling_items "$total" key: "$KEYS" "$VALUE_SIZE"
+    total=$((total + KEYS_BIG))
+    http_preload ceiling "$CEIL_URL" ceiling_items "$total" v1k: "$KEYS_BIG" 1024
+    total=$((total + KEYS_BIG))
+    http_preload ceiling "$CEIL_URL" ceiling_items "$total" v16k: "$KEYS_BIG" 16384
 
-    log "HTTP: nginx + 3 memcached"
-    local mc_pids=() mc_ports=() np
+    local mc_ports=() np mcaddrs
     for i in 1 2 3; do
         free_port port
-        spawn "memcached$i" memcached -u nobody -l 127.0.0.1 -p "$port" -U 0 -m 256 -c 4096
-        mc_pids+=("$SPAWNED")
+        spawn "memcached$i" memcached -u nobody -l 127.0.0.1 -p "$port" -U 0 -m 512 -c 4096
         mc_ports+=("$port")
+        wait_port "$port" "$SPAWNED"
     done
-    for i in 0 1 2; do wait_port "${mc_ports[i]}" "${mc_pids[i]}"; done
+    mcaddrs=127.0.0.1:${mc_ports[0]},127.0.0.1:${mc_ports[1]},127.0.0.1:${mc_ports[2]}
     # Every key into every instance: whichever one nginx's hash picks has it.
-    "$BIN/kv_load" --proto memcached --keys "$KEYS" --value-size "$VALUE_SIZE" \
-        --addr "127.0.0.1:${mc_ports[0]},127.0.0.1:${mc_ports[1]},127.0.0.1:${mc_ports[2]}" \
-        >"$WORK/kv_load-memcached.log" 2>&1 || die "preloading memcached failed (see $WORK/kv_load-memcached.log)"
+    "$BIN/kv_load" --proto memcached --keys "$KEYS" --value-size "$VALUE_SIZE" --addr "$mcaddrs" \
+        >"$WORK/kv_load-memcached.log" 2>&1 &&
+        "$BIN/kv_load" --proto memcached --keys "$KEYS_BIG" --value-size 1024 --prefix v1k: --addr "$mcaddrs" \
+            >>"$WORK/kv_load-memcached.log" 2>&1 &&
+        "$BIN/kv_load" --proto memcached --keys "$KEYS_BIG" --value-size 16384 --prefix v16k: --addr "$mcaddrs" \
+            >>"$WORK/kv_load-memcached.log" 2>&1 ||
+        die "preloading memcached failed (see $WORK/kv_load-memcached.log)"
     free_port np
     mkdir -p "$WORK/nginx-tmp"
     sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$np|g" -e "s|@MC1@|${mc_ports[0]}|g" \
@@ -399,12 +478,24 @@ phase_http() {
     nginx -t -q -p "$WORK" -c "$WORK/nginx.conf" >"$WORK/nginx-test.log" 2>&1 ||
         die "nginx rejects its config: $(cat "$WORK/nginx-test.log")"
     spawn nginx nginx -p "$WORK" -c "$WORK/nginx.conf"
-    local ngx_pid=$SPAWNED
-    wait_port "$np" "$ngx_pid"
-    check_get nginx-memcached "http://127.0.0.1:$np"
-    http_rows ngx "nginx + 3 memcached" "http://127.0.0.1:$np" "GET"
-    stop "$ngx_pid"
-    stop_all "${mc_pids[@]}"
+    wait_port "$np" "$SPAWNED"
+    add_system ngx "nginx + 3 memcached" "http://127.0.0.1:$np"
+    check_get nginx-memcached "${HURL[ngx]}"
+    check_get nginx-memcached "${HURL[ngx]}" v16k: "$KEYS_BIG" 16384
+
+    local s r
+    for s in "${HSYS[@]}"; do warm "${HURL[$s]}"; done
+    for ((r = 0; r < ROUNDS; r++)); do
+        log "HTTP round $((r + 1)) of $ROUNDS"
+        round_load "$r" GET rc ngx axum rcnear
+        round_load "$r" POST rc axum
+        round_load "$r" zipf rc ngx axum rcnear
+        round_load "$r" 1k rc ngx axum
+        round_load "$r" 16k rc ngx axum
+    done
+    NEAR_STATS=$(cluster_json "$near_url" | grep -o '"near_cache":{[^}]*}' || true)
+    summarize
+    stop_all "${PIDS[@]:first}"
 }
 
 # ---------------------------------------------------------------- gRPC vs redis
@@ -626,7 +717,7 @@ report() {
     local c=$TOP_CONNS load
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     echo
-    echo "ringcache benchmarks: $(nproc) cores, load average $load at the end; wrk -t$WRK_THREADS, ${DURATION}s per run after a ${WARMUP}s warm-up; $KEYS keys, $VALUE_SIZE B values"
+    echo "ringcache benchmarks: $(nproc) cores, load average $LOAD0 at the start, $load at the end; wrk -t$WRK_THREADS, HTTP: median of $ROUNDS alternating ${DURATION}s runs after a ${WARMUP}s warm-up; $KEYS keys of $VALUE_SIZE B ($KEYS_BIG of 1 KiB and 16 KiB), Zipf exponent $ZIPF"
     echo "peers: $(nginx -v 2>&1 | sed 's/.*version: //'), memcached $(memcached -V | cut -d' ' -f2), redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -d= -f2), $(nutcracker -V 2>&1 | head -1 | grep -o 'nutcracker-[^ ]*'), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
     printf '%s\n' "--------------------------------------------------------------------------------------------------------------------------------------"
     printf '%-7s %-28s %-18s %6s %12s %-8s %10s %10s %7s %-8s %s\n' \
@@ -661,8 +752,24 @@ report() {
     [[ -n $RING_MOVED ]] && off=$(calc "100 * ($RING_MOVED - 0.25) / 0.25" | tr -d '-')
     target "ring: moved on a 3->4 join, off from 1/4 by" "$off" "<=" 10 " %"
     printf '%s\n' "${TARGET_LINES[@]}"
+    echo "ratios of medians (HTTP), per load and connection count"
+    local v cc a b x
+    for v in GET GET-zipf GET-1KiB GET-16KiB; do
+        for cc in $CONNS; do
+            a=$(ratio "${RPS[rc:$v:$cc]:-}" "${RPS[ngx:$v:$cc]:-}")
+            b=$(ratio "${P99[rc:$v:$cc]:-}" "${P99[ngx:$v:$cc]:-}")
+            x=$(ratio "${RPS[rc:$v:$cc]:-}" "${RPS[axum:$v:$cc]:-}")
+            local nr
+            nr=$(ratio "${RPS[rcnear:$v:$cc]:-}" "${RPS[ngx:$v:$cc]:-}")
+            [[ -n $a ]] && printf '  %-10s c=%-3s ringcache/nginx+memcached %5.2fx  p99 %5.2fx   ringcache/axum %5.2fx%s\n' \
+                "$v" "$cc" "$a" "${b:-0}" "${x:-0}" "${nr:+   near-cache/nginx+memcached $(printf '%.2f' "$nr")x}"
+        done
+    done
+    for cc in $CONNS; do
+        x=$(ratio "${RPS[rc:POST:$cc]:-}" "${RPS[rc:GET:$cc]:-}")
+        [[ -n $x ]] && printf '  %-10s c=%-3s ringcache POST/GET %5.2fx\n' POST "$cc" "$x"
+    done
     echo "for information"
-    local x
     x=$(ratio "${RPS[rcnear:GET:$c]:-}" "${RPS[ngx:GET:$c]:-}")
     [[ -n $x ]] && printf '  %-52s %9.2fx\n' "ringcache near-cache GET / nginx+memcached GET" "$x"
     x=$(ratio "${RPS[rcnear:GET:$c]:-}" "${RPS[rc:GET:$c]:-}")
@@ -681,8 +788,9 @@ report() {
 }
 
 # ---------------------------------------------------------------- main
-log "bench: DURATION=${DURATION}s WARMUP=${WARMUP}s KEYS=$KEYS CONNS='$CONNS' QUICK=$QUICK; logs in $WORK"
+log "bench: DURATION=${DURATION}s WARMUP=${WARMUP}s ROUNDS=$ROUNDS KEYS=$KEYS KEYS_BIG=$KEYS_BIG ZIPF=$ZIPF CONNS='$CONNS' QUICK=$QUICK; logs in $WORK"
 read -r load1 _ </proc/loadavg
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="$load1" 'BEGIN { exit !(l > 0.7) }'; then
     log "WARNING: load average is $load1 before starting: other work shares the cores and skews the figures"
 fi

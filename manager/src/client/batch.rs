@@ -1,13 +1,29 @@
-//! The hot path to a node: one long-lived bidirectional `Batch` stream per
-//! node. Requests from all HTTP handlers queue on a channel; one task sends
-//! whatever has accumulated as one `BatchRequest` (several may be in flight)
+//! The hot path to a node: long-lived bidirectional `Batch` streams, `LANES`
+//! per node. Requests from all HTTP handlers queue on one channel
+//! per node; one task takes whatever has accumulated, splits it by key over
+//! the lanes, sends one `BatchRequest` per lane (several may be in flight)
 //! and routes each result back by id, in the manner of TiKV's
 //! `BatchCommands`. Under load this turns thousands of small HTTP/2 streams
 //! into a few large messages; when idle a request travels alone at once.
+//!
+//! Why lanes: a node executes one stream's ops one after another on one
+//! task, so a single stream is a single serial lane per manager and node.
+//! A key always takes the same lane, so operations on one key still reach
+//! the node in the order they were queued.
+//!
+//! What a small batch costs is writes: on loopback a write costs the sender
+//! the receiver's network processing too, and a profile of the manager
+//! under GET at 16 connections had about half of its CPU in `writev`
+//! (about 0.65 writes to the nodes per request on top of the one HTTP
+//! response, i.e. batches of 1.5 ops). So a round is taken only after the
+//! task has let the requests already ready on its worker queue (see
+//! `yield_now` below): 0.45 writes per request at 16 connections.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::stream::{self, SelectAll, Stream, StreamExt};
 use ringcache_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -15,18 +31,33 @@ use tonic::{Code, Status};
 
 use super::Grpc;
 
-/// Most operations in one batch.
+/// Most operations taken from the queue in one round (over all lanes).
 const MAX_OPS: usize = 128;
-/// A batch is closed once its payload passes this many bytes.
+/// A round is closed once its payload passes this many bytes.
 const MAX_BYTES: usize = 1 << 20;
 /// Requests waiting for the batch task; beyond this callers wait (bounded
 /// by their deadline), which is the backpressure.
 const QUEUE: usize = 4096;
-/// Results awaited at once; beyond this the stream is reset (the node is
+/// Results awaited at once; beyond this the streams are reset (the node is
 /// not answering and callers have long given up).
 const MAX_IN_FLIGHT: usize = 65536;
 const RECONNECT_MIN: Duration = Duration::from_millis(20);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Batch streams per node. Two per core of a small node keeps both of its
+/// cores busy with one manager.
+///
+/// One for now: measured on 2 cores with the load generator on the same
+/// cores (1 manager, 3 nodes, GET at 16 and 64 connections), 2 and 4 lanes
+/// were slower than 1 and cost more writes per request (1.43 `writev` per
+/// request with 1 lane, 1.61 with 2, 1.69 with 4): hyper pipes each
+/// stream's body in a task of its own, so the batches of different lanes
+/// reach the connection task, and the socket, separately. Raise it where
+/// the node, not the manager's syscalls, is the bottleneck (nodes on their
+/// own cores).
+const LANES: usize = 1;
+/// Seed of the lane hash: the ring places keys by unseeded xxh3, so the
+/// same bits would put all of one node's keys in a few lanes.
+const LANE_SEED: u64 = 0x6c61_6e65_7365_6564;
 
 pub(super) type Reply = Result<pb::op_result::Result, Status>;
 
@@ -35,7 +66,7 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
 }
 
-/// Sender side of a node's batch stream; cheap to clone.
+/// Sender side of a node's batch streams; cheap to clone.
 #[derive(Clone)]
 pub(super) struct Batcher {
     tx: mpsc::Sender<Pending>,
@@ -44,7 +75,7 @@ pub(super) struct Batcher {
 impl Batcher {
     /// Starts the stream task for `client`; it ends when every `Batcher`
     /// clone is dropped.
-    /// Opening the stream is bounded by `timeout` (a node that accepts
+    /// Opening the streams is bounded by `timeout` (a node that accepts
     /// connections but never answers must not hold the queue).
     pub(super) fn start(client: Grpc, addr: String, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -65,38 +96,67 @@ impl Batcher {
     }
 }
 
-fn op_size(op: &pb::op::Op) -> usize {
+/// The key an operation is about; it picks the lane.
+fn op_key(op: &pb::op::Op) -> &str {
     match op {
-        pb::op::Op::Get(g) => g.key.len(),
-        pb::op::Op::Set(s) => s.key.len() + s.value.len(),
-        pb::op::Op::Delete(d) => d.key.len(),
+        pb::op::Op::Get(g) => &g.key,
+        pb::op::Op::Set(s) => &s.key,
+        pb::op::Op::Delete(d) => &d.key,
     }
 }
 
-async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
+fn lane_of(op: &pb::op::Op) -> usize {
+    if LANES == 1 {
+        return 0;
+    }
+    (xxhash_rust::xxh3::xxh3_64_with_seed(op_key(op).as_bytes(), LANE_SEED) % LANES as u64) as usize
+}
+
+type Responses = SelectAll<Pin<Box<dyn Stream<Item = Result<pb::BatchResponse, Status>> + Send>>>;
+
+/// Opens the `LANES` streams of one node, each fed by its own channel; the
+/// responses of all lanes come out of one stream, where a lane that ends
+/// shows up as an error (so that the caller resets every lane).
+async fn open(
+    client: &Grpc,
+    timeout: Duration,
+) -> Result<(Vec<mpsc::UnboundedSender<pb::BatchRequest>>, Responses), Status> {
+    let mut senders = Vec::with_capacity(LANES);
+    let mut opening = Vec::with_capacity(LANES);
+    for _ in 0..LANES {
+        // Unbounded, because the number of batches in flight is bounded by
+        // `MAX_IN_FLIGHT`, and a bounded queue here could deadlock with
+        // HTTP/2 flow control while responses go unread.
+        let (tx, rx) = mpsc::unbounded_channel::<pb::BatchRequest>();
+        senders.push(tx);
+        let mut c = client.clone();
+        opening.push(async move { c.batch(UnboundedReceiverStream::new(rx)).await });
+    }
+    let opened = tokio::time::timeout(timeout, futures::future::join_all(opening))
+        .await
+        .map_err(|_| Status::deadline_exceeded("opening the batch streams timed out"))?;
+    let mut responses = SelectAll::new();
+    for r in opened {
+        let ended = stream::once(async { Err(Status::unavailable("batch stream ended")) });
+        let lane: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(r?.into_inner().chain(ended));
+        responses.push(lane);
+    }
+    Ok((senders, responses))
+}
+
+async fn run(client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
     let mut backoff = RECONNECT_MIN;
     let mut next_id: u64 = 0;
     loop {
         let Some(first) = rx.recv().await else {
             return;
         };
-        // Open the stream only when there is work, so an idle or dead node
-        // costs nothing. Unbounded, because the number of batches in flight
-        // is bounded by `MAX_IN_FLIGHT` below, and a bounded queue here could
-        // deadlock with HTTP/2 flow control while responses go unread.
-        let (req_tx, req_rx) = mpsc::unbounded_channel::<pb::BatchRequest>();
-        let opened =
-            tokio::time::timeout(timeout, client.batch(UnboundedReceiverStream::new(req_rx)))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(
-                        "opening the batch stream timed out",
-                    ))
-                });
-        let mut responses = match opened {
-            Ok(r) => r.into_inner(),
+        // Open the streams only when there is work, so an idle or dead node
+        // costs nothing.
+        let (lanes, mut responses) = match open(&client, timeout).await {
+            Ok(opened) => opened,
             Err(status) => {
-                tracing::debug!(node = %addr, %status, "cannot open batch stream");
+                tracing::debug!(node = %addr, %status, "cannot open batch streams");
                 let _ = first.reply.send(Err(status));
                 // Fail what queued meanwhile rather than make it wait for
                 // a node that is not there.
@@ -110,15 +170,27 @@ async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, ti
         };
         backoff = RECONNECT_MIN;
         let mut in_flight: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
+        let mut batches: Vec<Vec<pb::Op>> = (0..LANES).map(|_| Vec::new()).collect();
         let mut next = Some(first);
-        let reason = loop {
+        let reason = 'stream: loop {
             if let Some(first) = next.take() {
-                let batch = collect(first, &mut rx, &mut next_id, &mut in_flight);
-                if batch.ops.is_empty() {
-                    continue;
+                // Let the requests that are ready on this worker (other
+                // connections read in the same poll of the sockets) queue
+                // before the round is taken, rather than send one write per
+                // request: yield_now runs again only after the tasks
+                // already scheduled. Skipped when a full round is queued.
+                if rx.len() < MAX_OPS {
+                    tokio::task::yield_now().await;
                 }
-                if req_tx.send(batch).is_err() {
-                    break Status::unavailable("batch stream closed");
+                collect(first, &mut rx, &mut next_id, &mut in_flight, &mut batches);
+                for (lane, ops) in lanes.iter().zip(batches.iter_mut()) {
+                    if ops.is_empty() {
+                        continue;
+                    }
+                    let ops = std::mem::take(ops);
+                    if lane.send(pb::BatchRequest { ops }).is_err() {
+                        break 'stream Status::unavailable("batch stream closed");
+                    }
                 }
                 if in_flight.len() > MAX_IN_FLIGHT {
                     break Status::deadline_exceeded("node is not answering");
@@ -130,8 +202,8 @@ async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, ti
                     Some(p) => next = Some(p),
                     None => return,
                 },
-                m = responses.message() => match m {
-                    Ok(Some(resp)) => {
+                m = responses.next() => match m {
+                    Some(Ok(resp)) => {
                         for r in resp.results {
                             if let Some(reply) = in_flight.remove(&r.id) {
                                 let result = r.result.ok_or_else(|| Status::internal("empty result"));
@@ -139,41 +211,44 @@ async fn run(mut client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, ti
                             }
                         }
                     }
-                    Ok(None) => break Status::unavailable("batch stream ended"),
-                    Err(status) => break status,
+                    Some(Err(status)) => break status,
+                    None => break Status::unavailable("batch streams ended"),
                 },
             }
         };
-        tracing::debug!(node = %addr, %reason, pending = in_flight.len(), "batch stream reset");
+        tracing::debug!(node = %addr, %reason, pending = in_flight.len(), "batch streams reset");
         for (_, reply) in in_flight.drain() {
             let _ = reply.send(Err(reason.clone()));
         }
     }
 }
 
-/// Builds one batch from `first` and whatever else is queued right now,
-/// leaving out requests whose callers have given up (their deadline passed):
-/// sending them would only load a node that is already slow.
+/// Takes one round from `first` and whatever else is queued right now into
+/// the lanes' `batches`, leaving out requests whose callers have given up
+/// (their deadline passed): sending them would only load a node that is
+/// already slow.
 fn collect(
     first: Pending,
     rx: &mut mpsc::Receiver<Pending>,
     next_id: &mut u64,
     in_flight: &mut HashMap<u64, oneshot::Sender<Reply>>,
-) -> pb::BatchRequest {
-    let mut ops = Vec::with_capacity(16);
+    batches: &mut [Vec<pb::Op>],
+) {
+    let mut n = 0;
     let mut bytes = 0;
     let mut p = first;
     loop {
         if !p.reply.is_closed() {
             *next_id += 1;
-            bytes += op_size(&p.op);
+            n += 1;
+            bytes += p.op.encoded_len();
             in_flight.insert(*next_id, p.reply);
-            ops.push(pb::Op {
+            batches[lane_of(&p.op)].push(pb::Op {
                 id: *next_id,
                 op: Some(p.op),
             });
         }
-        if ops.len() >= MAX_OPS || bytes >= MAX_BYTES {
+        if n >= MAX_OPS || bytes >= MAX_BYTES {
             break;
         }
         match rx.try_recv() {
@@ -181,7 +256,6 @@ fn collect(
             Err(_) => break,
         }
     }
-    pb::BatchRequest { ops }
 }
 
 /// A per-operation error travels inside the result.
