@@ -128,7 +128,7 @@ build_release() {
 logged_addr() {
     local name=$1 pid=$2 msg=$3 deadline=$((SECONDS + 20)) addr
     while ((SECONDS < deadline)); do
-        addr=$(grep -F "$msg" "$WORK/$name.log" | tail -1 | grep -o 'addr=[0-9.:]*' | cut -d= -f2) || true
+        addr=$(grep -F "$msg" "$WORK/$name.log" 2>/dev/null | tail -1 | grep -o 'addr=[0-9.:]*' | cut -d= -f2) || true
         if [[ -n $addr ]]; then
             echo "$addr"
             return 0

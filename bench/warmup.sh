@@ -195,6 +195,8 @@ for ((s = 0; s < NSLICES; s++)); do
     a=${SL_START[s]} b=${SL_END[s]} line=${SL_RESULT[s]}
     if ((b <= T_KILL)); then
         ph=before
+    elif ((a <= T_KILL)) && [[ $T_UP != - ]] && ((b >= T_UP)); then
+        ph="kill..up"
     elif ((a <= T_KILL)); then
         ph="kill+restart"
     elif [[ $T_UP != - ]] && ((a >= T_UP)); then
@@ -214,7 +216,7 @@ for ((s = 0; s < NSLICES; s++)); do
 done
 echo "-------------------------------------------------------------------------------"
 echo "per phase: median req/s (min-max), median p99 ms (min-max)"
-for ph in before "kill+restart" warm-up "warm-up->up" after; do
+for ph in before "kill..up" "kill+restart" warm-up "warm-up->up" after; do
     [[ -n ${PH_RPS[$ph]:-} ]] || continue
     # shellcheck disable=SC2086
     printf '  %-14s %-24s %s\n' "$ph" "$(median_range ${PH_RPS[$ph]})" "$(ms_range ${PH_P99[$ph]})"
