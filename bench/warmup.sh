@@ -80,6 +80,7 @@ POLL_PID=$SPAWNED
 # same port (a new, empty instance).
 kill_restart() {
     local pid=${DN_PID[2]} deadline
+    MLOG_AT_KILL=$(wc -l <"$WORK/warm-manager.log")
     T_KILL=$(now_ms)
     kill -KILL "$pid"
     wait "$pid" 2>/dev/null || true
@@ -155,11 +156,17 @@ read -r T_SYNC T_UP LAST_SYNC < <(awk -v k="$T_KILL" -v t="$T_RESTART" '
     $1 >= t && left && $2 == "up" { u = $1; exit }
     END { printf "%s %s %s\n", (s ? s : "-"), (u ? u : "-"), (last ? last : "- - - -") }' "$WORK/poll.log")
 STATES=$(awk -v t="$T_KILL" '$1 >= t && $2 != p { printf "%s%s@+%dms", (n++ ? " " : ""), $2, $1 - t; p = $2 }' "$WORK/poll.log")
-# The manager's own account: one "pulled" line per peer, one "repaired".
+# The manager's own account of node2's repair after the restart: one
+# "pulled" line per peer (node=its address), then "repaired" (node=node2).
+# Later lines may be about other repairs (another node that stalled).
 MLOG=$WORK/warm-manager.log
-PULLED_KEYS=$(grep 'pulled' "$MLOG" | grep -o '\bkeys=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
-PULLED_BYTES=$(grep 'pulled' "$MLOG" | grep -o '\bbytes=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
-REPAIRED=$(grep 'repaired' "$MLOG" | tail -1 | grep -o 'elapsed=[^ ]*' | cut -d= -f2 || true)
+REPAIR_LINES=$(tail -n +"$((MLOG_AT_KILL + 1))" "$MLOG" | awk -v a="${DN_ADDR[2]}" '
+    / pulled/ && $0 ~ ("node=(http://)?" a " ") { print }
+    / repaired/ && / node=node2 / { print; exit }')
+PULLED_KEYS=$(grep ' pulled' <<<"$REPAIR_LINES" | grep -o '\bkeys=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
+PULLED_BYTES=$(grep ' pulled' <<<"$REPAIR_LINES" | grep -o '\bbytes=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
+REPAIRED=$(grep ' repaired' <<<"$REPAIR_LINES" | grep -o 'elapsed=[^ ]*' | cut -d= -f2 || true)
+OTHER_REPAIRS=$(tail -n +"$((MLOG_AT_KILL + 1))" "$MLOG" | grep -c ' repaired' || true)
 # humantime-ish Debug durations (1.23s, 812.4ms, 95µs) to seconds.
 to_secs() { awk -v d="$1" 'BEGIN { v = d + 0; if (d ~ /ms$/) v /= 1e3; else if (d ~ /µs$|us$/) v /= 1e6; printf "%.3f", v }'; }
 
@@ -169,6 +176,7 @@ echo "ringcache warm-up after a data node restart: $(nproc) cores, load average 
 echo "3 data nodes (--heartbeat-interval 100ms --sync-rate $SYNC_RATE), replicas $REPLICAS, $KEYS keys x $VALUE_SIZE B; node2 held $N2_ITEMS entries"
 echo "GET load: wrk -t$WRK_THREADS -c$CONNS, ${SLICE}s slices; node2 SIGKILLed at +$((T_KILL - SL_START[0])) ms, restarted ${DOWN}s later on the same port"
 echo "node2 states after the kill (manager's /cluster every 100 ms): $STATES"
+echo "repairs the manager logged after the kill: $OTHER_REPAIRS (node2's restart is one)"
 if [[ $T_UP == - ]]; then
     echo "node2 was not seen up again within WAIT_UP=${WAIT_UP}s after the load"
     STATUS=2
