@@ -68,10 +68,27 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
-fn encode_set(proto: Proto, key: &str, value: &[u8], out: &mut Vec<u8>) {
+/// `ttl_secs` 0: no expiry.
+fn encode_set(proto: Proto, key: &str, value: &[u8], ttl_secs: u64, out: &mut Vec<u8>) {
     match proto {
         Proto::Memcached => {
-            out.extend_from_slice(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
+            out.extend_from_slice(format!("set {key} 0 {ttl_secs} {}\r\n", value.len()).as_bytes());
+        }
+        Proto::Redis if ttl_secs > 0 => {
+            let ttl = ttl_secs.to_string();
+            out.extend_from_slice(
+                format!(
+                    "*5\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+                    key.len(),
+                    value.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(value);
+            out.extend_from_slice(
+                format!("\r\n$2\r\nEX\r\n${}\r\n{ttl}\r\n", ttl.len()).as_bytes(),
+            );
+            return;
         }
         Proto::Redis => {
             out.extend_from_slice(
@@ -98,6 +115,18 @@ pub async fn bulk_set(
     count: u64,
     value: &[u8],
 ) -> io::Result<LoadReport> {
+    bulk_set_ttl(addr, proto, names, count, value, 0).await
+}
+
+/// [`bulk_set`] with a time to live in seconds on every entry (0: none).
+pub async fn bulk_set_ttl(
+    addr: &str,
+    proto: Proto,
+    names: &KeyNames,
+    count: u64,
+    value: &[u8],
+    ttl_secs: u64,
+) -> io::Result<LoadReport> {
     let start = std::time::Instant::now();
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -107,7 +136,7 @@ pub async fn bulk_set(
     let writer = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(256 * 1024);
         for i in 0..count {
-            encode_set(proto, &names.name(i), &value, &mut buf);
+            encode_set(proto, &names.name(i), &value, ttl_secs, &mut buf);
             if buf.len() >= 192 * 1024 {
                 wr.write_all(&buf).await?;
                 buf.clear();
@@ -245,11 +274,20 @@ mod tests {
     #[test]
     fn encodes_both_protocols() {
         let mut b = Vec::new();
-        encode_set(Proto::Memcached, "k", b"vv", &mut b);
+        encode_set(Proto::Memcached, "k", b"vv", 0, &mut b);
         assert_eq!(b, b"set k 0 0 2\r\nvv\r\n");
         b.clear();
-        encode_set(Proto::Redis, "k", b"vv", &mut b);
+        encode_set(Proto::Redis, "k", b"vv", 0, &mut b);
         assert_eq!(b, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n");
+        b.clear();
+        encode_set(Proto::Memcached, "k", b"vv", 3600, &mut b);
+        assert_eq!(b, b"set k 0 3600 2\r\nvv\r\n");
+        b.clear();
+        encode_set(Proto::Redis, "k", b"vv", 3600, &mut b);
+        assert_eq!(
+            b,
+            b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n$2\r\nEX\r\n$4\r\n3600\r\n"
+        );
     }
 
     #[test]

@@ -8,13 +8,15 @@
 //! - redis: pipelined `SET`s; accounting = INFO used_memory.
 //!
 //! `mem_per_item --target datanode --addr 127.0.0.1:50051 --pid 1234`
+//! (`--ttl 1h`: every entry with a time to live, long enough not to expire
+//! during the run).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
 use ringcache_bench::{
-    bulk_set, memcached_stats, redis_info, rss_bytes, stat_field, value_of, KeyNames, Proto,
+    bulk_set_ttl, memcached_stats, redis_info, rss_bytes, stat_field, value_of, KeyNames, Proto,
 };
 use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
 use tokio_stream::StreamExt;
@@ -38,6 +40,10 @@ struct Args {
     /// Operations per message on the datanode's Batch stream.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Time to live of every entry (whole seconds, below memcached's 30
+    /// days); 0s: none. The entries must outlive the measurement.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
     /// Pause after loading, before reading RSS, for background work to settle.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     settle: Duration,
@@ -94,6 +100,7 @@ async fn load_datanode(args: &Args, names: &KeyNames) -> Result<(), String> {
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::BatchRequest>(8);
     let value = Bytes::from(value_of(args.value_size));
     let (items, batch, names) = (args.items, args.batch.max(1) as u64, names.clone());
+    let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
     let producer = tokio::spawn(async move {
         let mut i = 0;
         while i < items {
@@ -104,7 +111,7 @@ async fn load_datanode(args: &Args, names: &KeyNames) -> Result<(), String> {
                     op: Some(pb::op::Op::Set(pb::SetRequest {
                         key: names.name(n),
                         value: value.clone(),
-                        ttl_ms: 0,
+                        ttl_ms,
                         version: 0,
                     })),
                 })
@@ -149,6 +156,9 @@ async fn main_async(args: Args) -> Result<(), String> {
             args.items, args.key_size
         ));
     }
+    if args.ttl.subsec_nanos() != 0 || args.ttl.as_secs() >= 30 * 24 * 3600 {
+        return Err("--ttl must be whole seconds below 30 days".into());
+    }
     // `k` then the index zero-padded: every key is exactly key_size bytes.
     let names = KeyNames::new("k", args.key_size - 1);
     let before = accounting(args.target, &args.addr).await?;
@@ -162,12 +172,13 @@ async fn main_async(args: Args) -> Result<(), String> {
             } else {
                 Proto::Redis
             };
-            let r = bulk_set(
+            let r = bulk_set_ttl(
                 &args.addr,
                 proto,
                 &names,
                 args.items,
                 &value_of(args.value_size),
+                args.ttl.as_secs(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -185,8 +196,9 @@ async fn main_async(args: Args) -> Result<(), String> {
     let payload = (args.key_size + args.value_size) as f64;
     let per = |b: u64, a: u64| (a as f64 - b as f64) / args.items as f64;
     println!(
-        "RESULT target={} items={} evictions={} load_secs={:.2} rss_before={} rss_after={} rss_per_item={:.1} rss_overhead={:.1} accounted_per_item={:.1} accounted_overhead={:.1}",
+        "RESULT target={} ttl_secs={} items={} evictions={} load_secs={:.2} rss_before={} rss_after={} rss_per_item={:.1} rss_overhead={:.1} accounted_per_item={:.1} accounted_overhead={:.1}",
         format!("{:?}", args.target).to_lowercase(),
+        args.ttl.as_secs(),
         items,
         evictions,
         load_secs,
