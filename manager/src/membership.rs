@@ -78,6 +78,8 @@ async fn session(
     let first = next_event(&mut stream, heartbeat_timeout).await?;
     if let Err(e) = cluster.learn_id(index, &first.node_id) {
         tracing::error!(error = %e, "node refused");
+        // Another server at the node's old address: look the name up anew.
+        node.client.reconnect();
         return Err(e);
     }
     record(cluster, index, &first);

@@ -6,6 +6,7 @@
 
 mod batch;
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,12 +98,21 @@ pub enum Change {
     Delete,
 }
 
+/// One connection to a node: the channel and its batch stream.
+struct Conn {
+    inner: Grpc,
+    batcher: batch::Batcher,
+}
+
 /// Handle to one data node; cheap to clone (clones share the connection).
 #[derive(Clone)]
 pub struct NodeClient {
     addr: String,
-    inner: Grpc,
-    batcher: batch::Batcher,
+    endpoint: Endpoint,
+    token: AddToken,
+    /// Replaced by [`NodeClient::reconnect`]; read (an `Arc` clone, never
+    /// held across an await) by every call.
+    conn: Arc<RwLock<Arc<Conn>>>,
     timeout: Duration,
 }
 
@@ -126,15 +136,37 @@ impl NodeClient {
             // One stream carries most of the traffic: give it room.
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
-        // A batch of reads may carry many large values.
-        let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), token)
-            .max_decoding_message_size(MAX_MESSAGE);
+        let conn = Self::open(&endpoint, &token, addr, timeout);
         Ok(Self {
             addr: addr.to_string(),
-            batcher: batch::Batcher::start(inner.clone(), addr.to_string(), timeout),
-            inner,
+            endpoint,
+            token,
+            conn: Arc::new(RwLock::new(Arc::new(conn))),
             timeout,
         })
+    }
+
+    fn open(endpoint: &Endpoint, token: &AddToken, addr: &str, timeout: Duration) -> Conn {
+        // A batch of reads may carry many large values.
+        let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), token.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
+        Conn {
+            batcher: batch::Batcher::start(inner.clone(), addr.to_string(), timeout),
+            inner,
+        }
+    }
+
+    fn conn(&self) -> Arc<Conn> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the connection and opens a new one, resolving the address
+    /// again. A live connection is otherwise kept for ever, so a server
+    /// that took over the node's old address (another process: it reports
+    /// another id) would keep being reached.
+    pub fn reconnect(&self) {
+        let conn = Self::open(&self.endpoint, &self.token, &self.addr, self.timeout);
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
     }
 
     pub fn addr(&self) -> &str {
@@ -181,7 +213,8 @@ impl NodeClient {
 
     /// One key operation on the node's batch stream, bounded by the deadline.
     async fn op(&self, op: pb::op::Op) -> Result<pb::op_result::Result, CallError> {
-        self.deadline(self.batcher.call(op)).await
+        let conn = self.conn();
+        self.deadline(conn.batcher.call(op)).await
     }
 
     fn unexpected(&self) -> CallError {
@@ -248,7 +281,7 @@ impl NodeClient {
 
     /// Empties the node; returns how many entries were removed.
     pub async fn flush(&self) -> Result<u64, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let r = self
             .call(c.flush(self.request(pb::FlushRequest {})))
             .await?;
@@ -256,14 +289,14 @@ impl NodeClient {
     }
 
     pub async fn stats(&self) -> Result<pb::StatsResponse, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         self.call(c.stats(self.request(pb::StatsRequest {}))).await
     }
 
     /// Records on this node that `node_id` may have missed writes from
     /// `since` on.
     pub async fn mark(&self, node_id: &str, since: u64) -> Result<u64, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let req = pb::MarkRequest {
             node_id: node_id.to_string(),
             since,
@@ -272,7 +305,7 @@ impl NodeClient {
     }
 
     pub async fn clear_mark(&self, node_id: &str, generation: u64) -> Result<bool, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let req = pb::ClearMarkRequest {
             node_id: node_id.to_string(),
             generation,
@@ -282,7 +315,7 @@ impl NodeClient {
 
     /// Returns (generation, effective since).
     pub async fn begin_sync(&self, since: u64) -> Result<(u64, u64), CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let r = self
             .call(c.begin_sync(self.request(pb::BeginSyncRequest { since })))
             .await?;
@@ -290,7 +323,7 @@ impl NodeClient {
     }
 
     pub async fn end_sync(&self, generation: u64) -> Result<bool, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let r = self
             .call(c.end_sync(self.request(pb::EndSyncRequest { generation })))
             .await?;
@@ -298,7 +331,7 @@ impl NodeClient {
     }
 
     pub async fn prune(&self, ranges: Vec<pb::HashRange>) -> Result<u64, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let r = self
             .call(c.prune(self.request(pb::PruneRequest { ranges })))
             .await?;
@@ -314,7 +347,7 @@ impl NodeClient {
         ranges: Vec<pb::HashRange>,
         since: u64,
     ) -> Result<tonic::Streaming<pb::PullProgress>, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         let req = pb::PullRequest {
             source: source.to_string(),
             ranges,
@@ -326,7 +359,7 @@ impl NodeClient {
     /// Opens the node's event stream. Only opening it is bounded by the
     /// deadline; the stream itself lives until either side ends it.
     pub async fn subscribe(&self) -> Result<tonic::Streaming<pb::Event>, CallError> {
-        let mut c = self.inner.clone();
+        let mut c = self.conn().inner.clone();
         self.call(c.subscribe(Request::new(pb::SubscribeRequest {})))
             .await
     }
