@@ -149,11 +149,24 @@ mod tests {
 
     #[test]
     fn defaults_match_the_flags() {
+        // Every field, not a sample: `Default` (used by the embedded
+        // cluster and tests) and the flags' defaults must not drift apart.
+        let set: Vec<String> = std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("DATANODE_"))
+            .collect();
+        assert!(
+            set.is_empty(),
+            "unset {set:?} to run this test: they override flags"
+        );
         let parsed = NodeOptions::try_parse_from(["datanode"]).unwrap();
-        let d = NodeOptions::default();
-        assert_eq!(parsed.max_memory, d.max_memory);
-        assert_eq!(parsed.max_value_bytes, d.max_value_bytes);
-        assert_eq!(parsed.heartbeat_interval, d.heartbeat_interval);
-        assert_eq!(parsed.listen, d.listen);
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", NodeOptions::default())
+        );
+        // And the store's own defaults are the node's.
+        let store = crate::store::StoreConfig::default();
+        let from_flags = parsed.store_config();
+        assert_eq!(format!("{store:?}"), format!("{from_flags:?}"));
     }
 }

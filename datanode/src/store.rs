@@ -54,7 +54,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            max_memory: 256 * 1024 * 1024,
+            max_memory: ringcache_common::limits::DEFAULT_MAX_MEMORY,
             max_items: None,
             shards: 64,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
