@@ -255,12 +255,27 @@ struct Shard {
     floor: u64,
 }
 
-fn entry_size(key: &str, value: &[u8]) -> u64 {
-    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
+/// Bytes charged on top for an entry that expires (a TTL, or a tombstone):
+/// its element in the shard's expiry index, a `BTreeSet` of 12-byte keys
+/// with the tree's node overhead (measured: 37 bytes of RSS per entry with
+/// a TTL beyond one without, `bench/memory.sh`).
+const EXPIRY_OVERHEAD: u64 = 40;
+
+fn entry_size(key: &str, value: &[u8], expires: bool) -> u64 {
+    key.len() as u64
+        + value.len() as u64
+        + ENTRY_OVERHEAD
+        + if expires { EXPIRY_OVERHEAD } else { 0 }
 }
 
 fn item_size(item: &Item) -> u64 {
-    item.payload_len() as u64 + ENTRY_OVERHEAD
+    item.payload_len() as u64
+        + ENTRY_OVERHEAD
+        + if item.expires() != 0 {
+            EXPIRY_OVERHEAD
+        } else {
+            0
+        }
 }
 
 fn is_expired(item: &Item, now_ms: u64) -> bool {
@@ -467,7 +482,11 @@ impl Store {
             self.inner.clock.observe(version);
             version
         };
-        let size = entry_size(key, value.unwrap_or_default());
+        let size = entry_size(
+            key,
+            value.unwrap_or_default(),
+            value.is_none() || ttl.is_some(),
+        );
         let now = self.now_ms();
         let mut shard = lock(self.shard(key));
         // (expired, version, newer, live value) of what the shard holds.
@@ -835,14 +854,14 @@ mod tests {
         let st = s.stats();
         // What is left is the tombstone.
         assert_eq!((st.items, st.tombstones), (0, 1));
-        assert_eq!(st.bytes_used, entry_size("k", b""));
+        assert_eq!(st.bytes_used, entry_size("k", b"", true));
         assert_eq!((st.hits, st.misses), (2, 2));
     }
 
     #[tokio::test]
     async fn evicts_least_recently_used_first() {
         // One shard, room for exactly three entries of this size.
-        let per = entry_size("k0", b"vv");
+        let per = entry_size("k0", b"vv", false);
         let s = store(3 * per, None, 1);
         let (_, mut rx) = s.events().subscribe();
         for k in ["k0", "k1", "k2"] {
@@ -941,7 +960,7 @@ mod tests {
         assert_eq!(s.purge_expired(7), 100);
         let st = s.stats();
         assert_eq!(st.items, 1);
-        assert_eq!(st.bytes_used, entry_size("keep", b"v"));
+        assert_eq!(st.bytes_used, entry_size("keep", b"v", true));
         let ev = drain(&mut rx);
         assert_eq!(ev.len(), 100);
         assert!(ev.iter().all(|(_, c)| *c == Cause::Expired));
@@ -1074,7 +1093,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_evicted_key_cannot_come_back_older() {
-        let per = entry_size("k0", b"vv");
+        let per = entry_size("k0", b"vv", false);
         let s = store(2 * per, None, 1);
         assert!(applied(s.apply(w("k0", Some(b"vv"), 100))));
         assert!(applied(s.apply(w("k1", Some(b"vv"), 101))));
@@ -1176,6 +1195,19 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_entry_that_expires_is_charged_for_its_index_slot() {
+        let s = store(1 << 20, None, 1);
+        s.set("plain", b"v", None).unwrap();
+        let plain = s.stats().bytes_used;
+        s.set("ttl", b"v", Some(Duration::from_secs(60))).unwrap();
+        let both = s.stats().bytes_used;
+        assert_eq!(both - plain, plain + EXPIRY_OVERHEAD - 2);
+        // Overwriting without a TTL gives the index slot back.
+        s.set("ttl", b"v", None).unwrap();
+        assert_eq!(s.stats().bytes_used, 2 * plain - 2);
+    }
+
     #[test]
     fn hash_ranges_wrap_and_merge() {
         let r = HashRanges::new([(10, 20), (u64::MAX - 5, 3), (15, 30)]);
@@ -1249,8 +1281,8 @@ mod tests {
         for i in 0..500 {
             let k = format!("k{i}");
             match s.read(&k) {
-                Read::Hit(l) => expected += entry_size(&k, &l.value),
-                Read::Deleted { .. } => expected += entry_size(&k, b""),
+                Read::Hit(l) => expected += entry_size(&k, &l.value, false),
+                Read::Deleted { .. } => expected += entry_size(&k, b"", true),
                 Read::Miss { .. } => {}
             }
         }
