@@ -17,6 +17,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Longest silence of a pull (between progress messages) before it is
 /// taken for dead.
 const PULL_SILENCE: Duration = Duration::from_secs(30);
+/// Longest a repair waits for peers this manager has not reached yet.
+const PEER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Receives what the nodes publish (the near cache listens here).
 pub trait EventListener: Send + Sync + 'static {
@@ -249,6 +251,18 @@ async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> Vec<(usize, pb
 /// (`since` = 0: the node restarted empty).
 async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Result<(), String> {
     let node = &cluster.nodes()[index];
+    // A manager that just started has not reached every peer yet: give them
+    // a moment, so that a peer merely not contacted yet is not taken for an
+    // unreachable one (whose shared ranges would be dropped).
+    let patience = tokio::time::Instant::now() + PEER_PATIENCE;
+    while cluster
+        .nodes()
+        .iter()
+        .any(|n| n.state() == NodeState::Unknown)
+        && tokio::time::Instant::now() < patience
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let view = cluster.view();
     for (peer_index, peer) in cluster.nodes().iter().enumerate() {
         if peer_index == index {
