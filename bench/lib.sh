@@ -8,93 +8,18 @@
 # The sourcing script sets ROOT, WORK and T0 first.
 
 export PATH=$PATH:/usr/sbin:/sbin
-OK_EXIT=0
-KEEP=${KEEP:-0}
 INSTALL=${INSTALL:-1}
 WRK_THREADS=${WRK_THREADS:-2}
 # One connection per thread: preload.lua stops a thread after its last key.
 PRELOAD_THREADS=${PRELOAD_THREADS:-4}
 
-log() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
-die() {
-    log "FAILED: $*"
-    OK_EXIT=1
-    exit 1
-}
+# shellcheck source=bench/proc.sh
+source "$ROOT/bench/proc.sh"
 
 # now_ms: wall clock in milliseconds.
 now_ms() { date +%s%3N; }
-# calc EXPR: floating-point arithmetic.
-calc() { awk "BEGIN { x = $1; printf \"%.4f\", x }"; }
-# field NAME LINE: the value of NAME=value in a RESULT line.
-field() { grep -o "\\b$1=[^ ]*" <<<"$2" | head -1 | cut -d= -f2; }
 # load1: the 1-minute load average.
 load1() { cut -d' ' -f1 /proc/loadavg; }
-
-# ---------------------------------------------------------------- processes
-PIDS=()
-declare -A PNAME=() LIVE=()
-
-# spawn NAME CMD...: starts CMD in the background, its output appended to
-# $WORK/NAME.log; sets SPAWNED to its PID.
-spawn() {
-    local name=$1
-    shift
-    "$@" >>"$WORK/$name.log" 2>&1 &
-    SPAWNED=$!
-    PIDS+=("$SPAWNED")
-    PNAME[$SPAWNED]=$name
-    LIVE[$SPAWNED]=1
-}
-
-# forget PID: PID was reaped; never signal that number again.
-forget() { unset "LIVE[$1]"; }
-
-# stop PID [SIGNAL]: SIGTERM (or SIGNAL), then SIGKILL after 5 s; reaps it.
-stop() {
-    local pid=$1 sig=${2:-TERM} i
-    [[ -n ${LIVE[$pid]:-} ]] || return 0
-    kill -0 "$pid" 2>/dev/null || {
-        wait "$pid" 2>/dev/null || true
-        forget "$pid"
-        return 0
-    }
-    kill -"$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "${PNAME[$pid]:-$pid} ignored SIG$sig; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget "$pid"
-}
-
-stop_all() {
-    local pids=("$@") i
-    ((${#pids[@]})) || pids=("${PIDS[@]}")
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        stop "${pids[i]}"
-    done
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    ((rc >= 128)) && log "interrupted; stopping everything the benchmark started"
-    ((${#PIDS[@]})) && stop_all
-    if [[ $KEEP == 1 || $rc != 0 || $OK_EXIT == 1 ]]; then
-        log "logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- setup
 # install_deps CMD=PACKAGE...: installs the Debian packages of missing commands.

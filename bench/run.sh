@@ -59,7 +59,6 @@ CRIT_TIME=${CRIT_TIME:-2}
 SKIP=${SKIP:-}
 INSTALL=${INSTALL:-1}
 BUILD=${BUILD:-1}
-KEEP=${KEEP:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 # The largest connection count is the one the targets are judged at.
@@ -69,82 +68,10 @@ T0=$SECONDS
 WORK=$(mktemp -d /tmp/ringcache-bench.XXXXXX)
 # nginx's and memcached's workers run as nobody and read their files here.
 chmod 755 "$WORK"
-OK_EXIT=0
 
-log() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
-die() {
-    log "FAILED: $*"
-    OK_EXIT=1
-    exit 1
-}
+# shellcheck source=bench/proc.sh
+source "$ROOT/bench/proc.sh"
 skipped() { [[ ",$SKIP," == *",$1,"* ]]; }
-
-# ---------------------------------------------------------------- processes
-PIDS=()
-declare -A PNAME=() LIVE=()
-
-# spawn NAME CMD...: starts CMD in the background, its output in
-# $WORK/NAME.log; sets SPAWNED to its PID.
-spawn() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.log" 2>&1 &
-    SPAWNED=$!
-    PIDS+=("$SPAWNED")
-    PNAME[$SPAWNED]=$name
-    LIVE[$SPAWNED]=1
-}
-
-# forget PID: PID was reaped; never signal that number again (it may be
-# reused by another process).
-forget() { unset "LIVE[$1]"; }
-
-# stop PID: SIGTERM, then SIGKILL after 5 s.
-stop() {
-    local pid=$1 i
-    [[ -n ${LIVE[$pid]:-} ]] || return 0
-    kill -0 "$pid" 2>/dev/null || {
-        wait "$pid" 2>/dev/null || true
-        forget "$pid"
-        return 0
-    }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "${PNAME[$pid]:-$pid} ignored SIGTERM; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget "$pid"
-}
-
-# stop_all PID...: stops the given processes (all started ones if none).
-stop_all() {
-    local pids=("$@") i
-    ((${#pids[@]})) || pids=("${PIDS[@]}")
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        stop "${pids[i]}"
-    done
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    ((rc >= 128)) && log "interrupted; stopping everything the benchmark started"
-    ((${#PIDS[@]})) && stop_all
-    if [[ $KEEP == 1 || $rc == 1 || $OK_EXIT == 1 ]]; then
-        log "logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- ports
 USED_PORTS=" "
@@ -181,9 +108,7 @@ wait_port() {
 }
 
 # calc EXPR: floating-point arithmetic.
-calc() { awk "BEGIN { x = $1; printf \"%.4f\", x }"; }
 # field NAME LINE: the value of NAME=value in a RESULT line.
-field() { grep -o "\\b$1=[^ ]*" <<<"$2" | head -1 | cut -d= -f2; }
 
 # ---------------------------------------------------------------- results
 # Rows of the table, in order: section|system|op|conc|throughput|unit|p50|p99|errors|status|note
