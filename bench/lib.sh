@@ -22,24 +22,6 @@ now_ms() { date +%s%3N; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # ---------------------------------------------------------------- setup
-# install_deps CMD=PACKAGE...: installs the Debian packages of missing commands.
-install_deps() {
-    local need=() kv
-    for kv in "$@"; do
-        command -v "${kv%%=*}" >/dev/null || need+=("${kv#*=}")
-    done
-    ((${#need[@]})) || return 0
-    [[ $INSTALL == 1 ]] || die "missing ${need[*]} (INSTALL=0)"
-    log "installing ${need[*]} from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >"$WORK/apt.log" 2>&1 || die "apt-get update failed (see $WORK/apt.log)"
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1 ||
-        die "apt-get install ${need[*]} failed (see $WORK/apt.log)"
-    for kv in "$@"; do
-        command -v "${kv%%=*}" >/dev/null || die "${kv%%=*} still missing after installing ${kv#*=}"
-    done
-}
-
 # build_release DIR: cargo build --release of the servers in the checkout DIR.
 build_release() {
     log "building release binaries in $1 (cargo build --release)"

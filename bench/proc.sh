@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Process bookkeeping shared by every benchmark script (sourced, not run):
 # logging, arithmetic on wrk's RESULT lines, and every process started is
-# stopped by PID on any exit, Ctrl-C included; logs are kept on failure.
+# stopped by PID on any exit, Ctrl-C included; logs are kept on failure;
+# missing commands are installed from Debian (install_deps).
 #
 # The sourcing script sets WORK (a fresh directory) and T0 first.
 
@@ -81,6 +82,24 @@ cleanup() {
     fi
     exit "$rc"
 }
+# install_deps CMD=PACKAGE...: installs the Debian packages of missing commands.
+install_deps() {
+    local need=() kv
+    for kv in "$@"; do
+        command -v "${kv%%=*}" >/dev/null || need+=("${kv#*=}")
+    done
+    ((${#need[@]})) || return 0
+    [[ $INSTALL == 1 ]] || die "missing ${need[*]} (INSTALL=0)"
+    log "installing ${need[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >"$WORK/apt.log" 2>&1 || die "apt-get update failed (see $WORK/apt.log)"
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1 ||
+        die "apt-get install ${need[*]} failed (see $WORK/apt.log)"
+    for kv in "$@"; do
+        command -v "${kv%%=*}" >/dev/null || die "${kv%%=*} still missing after installing ${kv#*=}"
+    done
+}
+
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

@@ -131,25 +131,6 @@ row() {
 }
 
 # ---------------------------------------------------------------- setup
-install_deps() {
-    local -A pkg=([wrk]=wrk [nginx]=nginx [memcached]=memcached [redis-server]=redis-server
-        [redis-benchmark]=redis-tools [redis-cli]=redis-tools [nutcracker]=nutcracker [curl]=curl)
-    local need=() c
-    for c in "${!pkg[@]}"; do
-        command -v "$c" >/dev/null || need+=("${pkg[$c]}")
-    done
-    ((${#need[@]})) || return 0
-    [[ $INSTALL == 1 ]] || die "missing ${need[*]} (INSTALL=0)"
-    log "installing ${need[*]} from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >"$WORK/apt.log" 2>&1 || die "apt-get update failed (see $WORK/apt.log)"
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1 ||
-        die "apt-get install ${need[*]} failed (see $WORK/apt.log)"
-    for c in "${!pkg[@]}"; do
-        command -v "$c" >/dev/null || die "$c still missing after installing ${pkg[$c]}"
-    done
-}
-
 build() {
     [[ $BUILD == 1 ]] || return 0
     log "building release binaries into $TARGET_DIR (cargo build --release)"
@@ -719,7 +700,8 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="$load1" 'BEGIN { exit !(l > 0.7) }'; then
     log "WARNING: load average is $load1 before starting: other work shares the cores and skews the figures"
 fi
-install_deps
+install_deps wrk=wrk nginx=nginx memcached=memcached redis-server=redis-server \
+    redis-benchmark=redis-tools redis-cli=redis-tools nutcracker=nutcracker curl=curl
 build
 for b in manager datanode http_ceiling grpc_load mem_per_item ring_quality kv_load; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build with BUILD=1)"
