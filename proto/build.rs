@@ -1,5 +1,7 @@
-//! Compiles `ringcache/v1/*.proto` with protox (pure Rust), so building needs
-//! no system `protoc`. The descriptor set is kept for gRPC server reflection.
+//! Compiles `ringcache/v1/*.proto`, and the subset of etcd's API that the
+//! manager's placement store uses, with protox (pure Rust), so building
+//! needs no system `protoc`. ringcache's descriptor set is kept for gRPC
+//! server reflection.
 
 use std::path::PathBuf;
 
@@ -18,7 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // reference-count bump, not a copy of the value.
         .bytes(".")
         .compile_fds(fds)?;
-    for p in protos {
+
+    let etcd = ["etcd/etcdserverpb/rpc.proto", "etcd/mvccpb/kv.proto"];
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(protox::compile(etcd, ["."])?)?;
+    for p in protos.iter().chain(&etcd) {
         println!("cargo:rerun-if-changed={p}");
     }
     Ok(())

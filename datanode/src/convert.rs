@@ -41,6 +41,7 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
         max_value_bytes: node.max_value_bytes() as u64,
         max_entry_bytes: store.max_entry_bytes(),
         lost_after: store.lost_after(),
+        placement: node.placement(),
     }
 }
 

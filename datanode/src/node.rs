@@ -1,6 +1,7 @@
 //! A data node's state and request validation, shared by the unary gRPC
 //! methods and the batched stream.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ pub struct Node {
     sync_rate: u64,
     sync: SyncState,
     marks: Marks,
+    /// Newest placement version told by a manager (see `SetPlacement`).
+    placement: AtomicU64,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
 }
@@ -57,6 +60,7 @@ impl Node {
             sync_rate: opts.sync_rate,
             sync: SyncState::new(),
             marks: Marks::default(),
+            placement: AtomicU64::new(0),
             shutdown,
         })
     }
@@ -87,6 +91,18 @@ impl Node {
     }
     pub fn sync_rate(&self) -> u64 {
         self.sync_rate
+    }
+    /// The newest placement version this node was told.
+    pub fn placement(&self) -> u64 {
+        self.placement.load(Ordering::Acquire)
+    }
+    /// Raises the placement version (never lowers it); returns the newest.
+    pub fn raise_placement(&self, version: u64) -> u64 {
+        let prev = self.placement.fetch_max(version, Ordering::AcqRel);
+        if version > prev {
+            tracing::info!(from = prev, to = version, "placement version raised");
+        }
+        prev.max(version)
     }
     pub fn max_value_bytes(&self) -> usize {
         self.max_value_bytes

@@ -54,7 +54,21 @@ fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteRes
 /// one bad request does not fail the others.
 fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
     use pb::{op_result::Result as R, Op};
-    let Op { id, op } = op;
+    let Op { id, op, placement } = op;
+    let newest = node.placement();
+    if placement != 0 && placement < newest {
+        return pb::OpResult {
+            id,
+            result: Some(R::Error(pb::OpError {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: format!(
+                    "routed by placement {placement}, but placement {newest} is current"
+                ),
+                reason: pb::ErrorReason::StalePlacement as i32,
+                placement: newest,
+            })),
+        };
+    }
     let result = match op {
         Some(pb::op::Op::Get(r)) => get_response(node, &r).map(R::Get),
         Some(pb::op::Op::Set(r)) => set_response(node, &r).map(R::Set),
@@ -65,6 +79,7 @@ fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
         R::Error(pb::OpError {
             code: s.code() as i32,
             message: s.message().to_string(),
+            ..Default::default()
         })
     });
     pb::OpResult {
@@ -252,5 +267,14 @@ impl DataNode for DataNodeService {
             .prune(&crate::sync::ranges(&req.get_ref().ranges));
         tracing::info!(removed, "pruned ranges that may be stale");
         Ok(Response::new(pb::PruneResponse { removed }))
+    }
+
+    #[instrument(skip_all, fields(version = req.get_ref().version))]
+    async fn set_placement(
+        &self,
+        req: Request<pb::SetPlacementRequest>,
+    ) -> Result<Response<pb::SetPlacementResponse>, Status> {
+        let version = self.node.raise_placement(req.get_ref().version);
+        Ok(Response::new(pb::SetPlacementResponse { version }))
     }
 }

@@ -234,7 +234,11 @@ async fn batch_stream_answers_each_op_by_id() {
         .await
         .unwrap()
         .into_inner();
-    let op = |id, op| pb::Op { id, op: Some(op) };
+    let op = |id, op| pb::Op {
+        id,
+        op: Some(op),
+        placement: 0,
+    };
     tx.send(pb::BatchRequest {
         ops: vec![
             op(7, pb::op::Op::Set(set("b", b"x", 0))),
@@ -273,6 +277,63 @@ async fn batch_stream_answers_each_op_by_id() {
         matches!(&resp.results[2].result, Some(R::Error(e)) if e.code == Code::InvalidArgument as i32)
     );
     assert!(matches!(&resp.results[3].result, Some(R::Delete(d)) if d.deleted));
+}
+
+#[tokio::test]
+async fn ops_routed_by_an_older_placement_are_refused_with_the_newer_version() {
+    let mut n = start(small()).await;
+    let raised = n
+        .client
+        .set_placement(pb::SetPlacementRequest { version: 7 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raised.version, 7);
+    // Versions never go down.
+    let lower = n
+        .client
+        .set_placement(pb::SetPlacementRequest { version: 3 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lower.version, 7);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut out = n
+        .client
+        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let op = |id, placement| pb::Op {
+        id,
+        op: Some(pb::op::Op::Set(set("k", b"v", 0))),
+        placement,
+    };
+    tx.send(pb::BatchRequest {
+        ops: vec![op(1, 6), op(2, 7), op(3, 0), op(4, 8)],
+    })
+    .await
+    .unwrap();
+    let resp = out.message().await.unwrap().unwrap();
+    use pb::op_result::Result as R;
+    match &resp.results[0].result {
+        Some(R::Error(e)) => {
+            assert_eq!(e.reason, pb::ErrorReason::StalePlacement as i32);
+            assert_eq!(e.code, Code::FailedPrecondition as i32);
+            assert_eq!(e.placement, 7);
+        }
+        other => panic!("op routed by placement 6 was not refused: {other:?}"),
+    }
+    for r in &resp.results[1..] {
+        assert!(matches!(&r.result, Some(R::Set(_))), "{r:?}");
+    }
+    let stats = n
+        .client
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.placement, 7);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 //!   to the replica that missed it (read repair).
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,10 +21,13 @@ use ringcache_common::version::{wall_version_ago, Hlc};
 use ringcache_proto::pb;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{CallError, Change, NodeClient, Read, Written};
+use crate::membership::EventListener;
 use crate::near_cache::NearCache;
-use crate::ring::Ring;
+use crate::placement::{Placement, Versioned};
+use crate::ring::{arcs_where_both, Ring};
 
 /// Writes that lose to a newer version are sent again at most this often.
 const WRITE_ATTEMPTS: usize = 3;
@@ -83,6 +86,9 @@ pub struct NodeHandle {
     /// Wakes the node's membership task when it must be repaired.
     repair: Notify,
     missed: Mutex<Option<Missed>>,
+    /// Cancelled when the node leaves the placement: ends its membership
+    /// task; the handle stays (indices are stable) but is never used again.
+    retired: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,7 +113,13 @@ impl NodeHandle {
             down: Notify::new(),
             repair: Notify::new(),
             missed: Mutex::new(None),
+            retired: CancellationToken::new(),
         }
+    }
+
+    /// The node left the placement.
+    pub fn is_retired(&self) -> bool {
+        self.retired.is_cancelled()
     }
 
     pub fn addr(&self) -> &str {
@@ -204,36 +216,87 @@ pub enum ClusterError {
     Unavailable,
     #[error("the ring is not complete yet: waiting to learn the ids of {0} node(s)")]
     RingIncomplete(usize),
+    #[error("no placement yet: waiting for the placement store")]
+    NoPlacement,
+    #[error("the placement changed and this manager could not follow it in time")]
+    StalePlacement,
     #[error("entry of {size} bytes is larger than replica {node} can store ({limit} bytes)")]
     TooLarge { size: u64, limit: u64, node: String },
     #[error("{0}")]
     Rejected(CallError),
 }
 
-/// The ring over the nodes whose ids are known.
+/// The rings requests are routed by: one placement version.
+///
+/// While a hand-off is under way there are two rings over the same member
+/// list: `read` (the owners before the change) and `write` (after it).
+/// Reads go to `read`'s replicas; writes go to both sets, so that a write
+/// acknowledged during the move is on the old owners and the new ones.
 pub struct RingView {
-    pub ring: Ring,
+    /// The placement version (0: static placement from `--nodes`).
+    pub version: u64,
+    pub(crate) read: Ring,
+    pub(crate) write: Ring,
     /// Ring index → node index.
-    members: Vec<usize>,
-    /// Nodes whose id is not known yet.
+    pub(crate) members: Vec<usize>,
+    /// Nodes whose id is not known yet (static placement only).
     pub missing: usize,
+    moving: bool,
+    /// The placement this view was built from (from the store only).
+    pub placement: Option<Placement>,
 }
 
 impl RingView {
-    /// Node indices of `key`'s replicas, the owner first.
+    fn empty(missing: usize) -> Self {
+        Self {
+            version: 0,
+            read: Ring::new::<String>(&[], 1),
+            write: Ring::new::<String>(&[], 1),
+            members: Vec::new(),
+            missing,
+            moving: false,
+            placement: None,
+        }
+    }
+
+    /// Node indices of `key`'s replicas for reads, the owner first.
     pub fn replicas(&self, key: &str, n: usize) -> Vec<usize> {
-        self.ring
+        self.read
             .replicas(key, n)
             .into_iter()
             .map(|i| self.members[i])
             .collect()
     }
 
-    fn ring_index(&self, node: usize) -> Option<usize> {
+    /// Node indices `key`'s writes go to: the replicas before and after a
+    /// membership change.
+    pub fn write_targets(&self, key: &str, n: usize) -> Vec<usize> {
+        let mut out = self.replicas(key, n);
+        for i in self.write.replicas(key, n) {
+            let node = self.members[i];
+            if !out.contains(&node) {
+                out.push(node);
+            }
+        }
+        out
+    }
+
+    /// A membership change is under way.
+    pub fn moving(&self) -> bool {
+        self.moving
+    }
+
+    pub(crate) fn ring_index(&self, node: usize) -> Option<usize> {
         self.members.iter().position(|&m| m == node)
     }
 
-    /// Hash ranges whose replica sets contain `node` and every one of `also`.
+    /// Whether node `node` is in the placement (in either ring).
+    pub fn contains(&self, node: usize) -> bool {
+        self.ring_index(node).is_some()
+    }
+
+    /// Hash ranges where `node` and every one of `also` are among the
+    /// nodes a key's writes go to.
     pub fn ranges_with(&self, n: usize, node: usize, also: &[usize]) -> Vec<pb::HashRange> {
         let Some(r) = self.ring_index(node) else {
             return Vec::new();
@@ -242,50 +305,101 @@ impl RingView {
         let Some(others) = others else {
             return Vec::new();
         };
-        self.ring
-            .arcs_where(n, |set| {
-                set.contains(&r) && others.iter().all(|o| set.contains(o))
-            })
-            .into_iter()
-            .map(|(start, end)| pb::HashRange { start, end })
-            .collect()
+        let has = |a: &[usize], b: &[usize], x: usize| a.contains(&x) || b.contains(&x);
+        arcs_where_both(&self.read, &self.write, n, |a, b| {
+            has(a, b, r) && others.iter().all(|&o| has(a, b, o))
+        })
+        .into_iter()
+        .map(|(start, end)| pb::HashRange { start, end })
+        .collect()
     }
 
-    /// Each node's share of the key space as primary owner, by node index.
+    /// Each node's share of the key space as primary owner for reads, by
+    /// node index.
     pub fn shares(&self, nodes: usize) -> Vec<f64> {
         let mut out = vec![0.0; nodes];
-        for (i, s) in self.ring.shares().into_iter().enumerate() {
-            out[self.members[i]] = s;
+        for (i, s) in self.read.shares().into_iter().enumerate() {
+            if let Some(slot) = out.get_mut(self.members[i]) {
+                *slot = s;
+            }
         }
         out
     }
 }
 
+/// How the manager reaches a node it learns of from the placement.
+#[derive(Clone)]
+pub struct Connect {
+    pub timeout: Duration,
+    pub auth_token: Option<String>,
+}
+
+/// What a new node's membership task needs (set once the cluster runs).
+struct Sessions {
+    heartbeat_timeout: Duration,
+    listener: Arc<dyn EventListener>,
+    shutdown: CancellationToken,
+}
+
 /// The data nodes and the ring over them.
 pub struct Cluster {
-    nodes: Vec<Arc<NodeHandle>>,
+    /// Append-only: a node index stays valid for the process's life.
+    nodes: RwLock<Arc<Vec<Arc<NodeHandle>>>>,
     view: RwLock<Arc<RingView>>,
+    /// The version of the view in use, for requests that wait for a newer
+    /// one (a node refused a stale placement).
+    installed: watch::Sender<u64>,
+    /// Asks the placement follower to read the placement now.
+    refresh: Notify,
     vnodes: usize,
     replicas: usize,
     clock: Hlc,
     near: Option<Arc<NearCache>>,
+    /// The placement comes from a store (etcd), not from learned ids.
+    managed: bool,
+    connect: Connect,
+    sessions: OnceLock<Sessions>,
 }
 
 impl Cluster {
     pub fn new(nodes: Vec<Arc<NodeHandle>>, vnodes: usize, replicas: usize) -> Self {
-        let c = Self {
-            replicas: replicas.clamp(1, nodes.len().max(1)),
-            view: RwLock::new(Arc::new(RingView {
-                ring: Ring::new::<String>(&[], vnodes),
-                members: Vec::new(),
-                missing: nodes.len(),
-            })),
+        Self::with_options(
             nodes,
+            vnodes,
+            replicas,
+            false,
+            Connect {
+                timeout: Duration::from_secs(1),
+                auth_token: None,
+            },
+        )
+    }
+
+    /// `managed`: the placement is given by [`Cluster::apply_placement`]
+    /// (etcd) rather than built from the nodes' ids.
+    pub fn with_options(
+        nodes: Vec<Arc<NodeHandle>>,
+        vnodes: usize,
+        replicas: usize,
+        managed: bool,
+        connect: Connect,
+    ) -> Self {
+        let c = Self {
+            replicas: replicas.max(1),
+            view: RwLock::new(Arc::new(RingView::empty(nodes.len()))),
+            installed: watch::channel(0).0,
+            refresh: Notify::new(),
+            nodes: RwLock::new(Arc::new(nodes)),
             vnodes,
             clock: Hlc::random(),
             near: None,
+            managed,
+            connect,
+            sessions: OnceLock::new(),
         };
-        c.rebuild_ring();
+        if !managed {
+            c.rebuild_ring();
+        }
         c
     }
 
@@ -299,8 +413,14 @@ impl Cluster {
         self.near.as_ref()
     }
 
-    pub fn nodes(&self) -> &[Arc<NodeHandle>] {
-        &self.nodes
+    /// Every node handle ever created (retired ones included: indices are
+    /// stable).
+    pub fn nodes(&self) -> Arc<Vec<Arc<NodeHandle>>> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn node(&self, index: usize) -> Arc<NodeHandle> {
+        self.nodes()[index].clone()
     }
 
     pub fn view(&self) -> Arc<RingView> {
@@ -315,38 +435,219 @@ impl Cluster {
         &self.clock
     }
 
-    /// The node with id `id`.
+    pub fn connect(&self) -> &Connect {
+        &self.connect
+    }
+
+    pub fn managed(&self) -> bool {
+        self.managed
+    }
+
+    /// The node with id `id` (not retired).
     pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.nodes
+        self.nodes()
             .iter()
-            .position(|n| n.id().as_deref() == Some(id))
+            .position(|n| !n.is_retired() && n.id().as_deref() == Some(id))
+    }
+
+    /// Starts the membership tasks of every node, and of nodes added later.
+    pub fn start_sessions(
+        self: &Arc<Self>,
+        heartbeat_timeout: Duration,
+        listener: Arc<dyn EventListener>,
+        shutdown: CancellationToken,
+    ) {
+        let sessions = Sessions {
+            heartbeat_timeout,
+            listener,
+            shutdown,
+        };
+        if self.sessions.set(sessions).is_err() {
+            return;
+        }
+        for i in 0..self.nodes().len() {
+            self.start_session(i);
+        }
+    }
+
+    fn start_session(self: &Arc<Self>, index: usize) {
+        let Some(s) = self.sessions.get() else { return };
+        let node = self.node(index);
+        let task = crate::membership::watch(
+            self.clone(),
+            index,
+            s.heartbeat_timeout,
+            s.listener.clone(),
+            s.shutdown.clone(),
+        );
+        let retired = node.retired.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = retired.cancelled() => {}
+            }
+        });
     }
 
     fn rebuild_ring(&self) {
         // Under the write lock, so that two nodes learned at once cannot
         // store views in the opposite order of the ids they saw.
         let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.nodes();
         let mut ids = Vec::new();
         let mut members = Vec::new();
-        for (i, n) in self.nodes.iter().enumerate() {
+        for (i, n) in nodes.iter().enumerate() {
             if let Some(id) = n.id() {
                 ids.push(id);
                 members.push(i);
             }
         }
-        let missing = self.nodes.len() - members.len();
+        let missing = nodes.len() - members.len();
+        let ring = Ring::new(&ids, self.vnodes);
         let view = RingView {
-            ring: Ring::new(&ids, self.vnodes),
+            version: 0,
+            read: ring.clone(),
+            write: ring,
             members,
             missing,
+            moving: false,
+            placement: None,
         };
         *current = Arc::new(view);
+    }
+
+    /// The `--nodes` list as (id, address) once every id is known, to seed
+    /// an empty placement store.
+    pub fn seed_members(&self) -> Option<Vec<(String, String)>> {
+        self.nodes()
+            .iter()
+            .filter(|n| !n.is_retired())
+            .map(|n| n.id().map(|id| (id, n.addr().to_string())))
+            .collect()
+    }
+
+    /// Routes by placement `p` from now on: creates handles (and membership
+    /// tasks) for new members, tells every member node the new version
+    /// before routing by it (so that ops routed by the old one are refused
+    /// from now on), then installs the rings and retires nodes that left.
+    pub async fn apply_placement(self: &Arc<Self>, p: &Versioned) {
+        if p.version <= self.view().version {
+            return;
+        }
+        let mut members = Vec::with_capacity(p.placement.members.len());
+        for m in &p.placement.members {
+            members.push(self.member_node(&m.id, &m.address));
+        }
+        let nodes = self.nodes();
+        let pushes = members.iter().map(|&i| {
+            let client = nodes[i].client.clone();
+            async move { (i, client.set_placement(p.version).await) }
+        });
+        for (i, r) in futures::future::join_all(pushes).await {
+            if let Err(e) = r {
+                tracing::debug!(node = %nodes[i].addr(), error = %e, "placement version not pushed");
+            }
+        }
+        self.install(p, members);
+    }
+
+    /// The index of member `id`'s handle, created (with its membership
+    /// task) when new.
+    fn member_node(self: &Arc<Self>, id: &str, address: &str) -> usize {
+        if let Some(i) = self.index_of(id) {
+            return i;
+        }
+        // A `--nodes` entry whose id is not known yet may be this member.
+        let uri = crate::config::node_uri(address);
+        if let Some(i) = self
+            .nodes()
+            .iter()
+            .position(|n| !n.is_retired() && n.id().is_none() && n.addr() == uri)
+        {
+            return i;
+        }
+        let client = match NodeClient::new(
+            &uri,
+            self.connect.timeout,
+            self.connect.auth_token.as_deref(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%address, error = %e, "placement member has an invalid address");
+                // A client to nowhere: the node is down in this manager.
+                match NodeClient::new("http://invalid.invalid:1", self.connect.timeout, None) {
+                    Ok(c) => c,
+                    Err(_) => return usize::MAX,
+                }
+            }
+        };
+        let handle = Arc::new(NodeHandle::with_id(client, Some(id.to_string())));
+        let index = {
+            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = (**nodes).clone();
+            next.push(handle);
+            *nodes = Arc::new(next);
+            nodes.len() - 1
+        };
+        tracing::info!(node = %uri, id, index, "node joined the placement");
+        self.start_session(index);
+        index
+    }
+
+    fn install(&self, p: &Versioned, members: Vec<usize>) {
+        let placement: &Placement = &p.placement;
+        let ids: Vec<&str> = placement.members.iter().map(|m| m.id.as_str()).collect();
+        let read = Ring::subset(&ids, self.vnodes, |i| placement.members[i].reads());
+        let write = Ring::subset(&ids, self.vnodes, |i| placement.members[i].owns_after());
+        {
+            let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
+            if current.version >= p.version {
+                return;
+            }
+            *current = Arc::new(RingView {
+                version: p.version,
+                read,
+                write,
+                members: members.clone(),
+                missing: 0,
+                moving: placement.moving(),
+                placement: Some(placement.clone()),
+            });
+        }
+        for (i, n) in self.nodes().iter().enumerate() {
+            if !members.contains(&i) && !n.is_retired() {
+                tracing::info!(node = %n.addr(), id = ?n.id(), "node left the placement");
+                n.retired.cancel();
+            }
+        }
+        self.installed.send_replace(p.version);
+        tracing::info!(version = p.version, members = ?placement.members, "placement installed");
+    }
+
+    /// Waits (bounded by the node timeout) until this manager routes by
+    /// placement `version` or newer; false if it did not get there.
+    async fn await_placement(&self, version: u64) -> bool {
+        self.refresh.notify_one();
+        let mut rx = self.installed.subscribe();
+        tokio::time::timeout(self.connect.timeout, rx.wait_for(|&v| v >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Changes whenever a new placement version is installed.
+    pub fn installed(&self) -> watch::Receiver<u64> {
+        self.installed.subscribe()
+    }
+
+    pub(crate) async fn refresh_requested(&self) {
+        self.refresh.notified().await
     }
 
     /// Records the id node `index` reported. The ring is built from ids, so
     /// two managers that reach a node by different addresses agree.
     pub fn learn_id(&self, index: usize, id: &str) -> Result<(), String> {
-        let node = &self.nodes[index];
+        let nodes = self.nodes();
+        let node = &nodes[index];
         if let Some(pinned) = node.pinned_id() {
             if pinned != id {
                 return Err(format!(
@@ -359,7 +660,7 @@ impl Cluster {
             return Err(format!(
                 "node at {} reports id {id:?}, already used by the node at {}",
                 node.addr(),
-                self.nodes[other].addr()
+                nodes[other].addr()
             ));
         }
         let known = node.id();
@@ -373,7 +674,9 @@ impl Cluster {
             ));
         }
         node.update_info(|i| i.node_id = Some(id.to_string()));
-        self.rebuild_ring();
+        if !self.managed {
+            self.rebuild_ring();
+        }
         tracing::info!(node = %node.addr(), id, "node id learned");
         Ok(())
     }
@@ -383,11 +686,15 @@ impl Cluster {
         if view.missing > 0 {
             return Err(ClusterError::RingIncomplete(view.missing));
         }
+        if view.members.is_empty() {
+            return Err(ClusterError::NoPlacement);
+        }
         Ok(view)
     }
 
     /// Sorts a failed call: a node failure takes the node out, a refusal
-    /// (bad key, value too large) is the caller's answer.
+    /// (bad key, value too large) is the caller's answer. A stale placement
+    /// is neither: the caller routes again (see [`Cluster::stale`]).
     fn failed(&self, index: usize, e: CallError) -> Option<ClusterError> {
         if e.is_node_failure() {
             self.missed_writes(index, &e.to_string());
@@ -397,10 +704,21 @@ impl Cluster {
         }
     }
 
+    /// The placement version a node refused a request with, if it did.
+    fn stale(r: &Result<impl Sized, CallError>) -> Option<u64> {
+        match r {
+            Err(CallError::StalePlacement { newest, .. }) => Some(*newest),
+            _ => None,
+        }
+    }
+
     /// Node `index` failed: take it out and make sure its peers hold a
     /// dirty mark for it (once per episode; see [`Cluster::await_marked`]).
     pub fn missed_writes(&self, index: usize, reason: &str) {
-        let node = &self.nodes[index];
+        let node = self.node(index);
+        if node.is_retired() {
+            return;
+        }
         node.mark_down(reason);
         self.start_marking(index);
     }
@@ -408,7 +726,8 @@ impl Cluster {
     /// Starts broadcasting a dirty mark for node `index` unless one is
     /// under way or done for the current episode.
     fn start_marking(&self, index: usize) -> watch::Receiver<bool> {
-        let node = &self.nodes[index];
+        let nodes = self.nodes();
+        let node = &nodes[index];
         let mut missed = lock(&node.missed);
         if let Some(m) = missed.as_ref() {
             return m.marked.clone();
@@ -427,11 +746,10 @@ impl Cluster {
             let _ = tx.send(true);
             return rx;
         };
-        let peers: Vec<NodeClient> = self
-            .nodes
+        let peers: Vec<NodeClient> = nodes
             .iter()
             .enumerate()
-            .filter(|&(i, n)| i != index && n.id().is_some())
+            .filter(|&(i, n)| i != index && !n.is_retired() && n.id().is_some())
             .map(|(_, n)| n.client.clone())
             .collect();
         tokio::spawn(async move {
@@ -456,22 +774,42 @@ impl Cluster {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
         }
+        for _ in 0..WRITE_ATTEMPTS {
+            match self.get_once(key).await {
+                Err(Routed::Stale(newest)) => {
+                    if !self.await_placement(newest).await {
+                        return Err(ClusterError::StalePlacement);
+                    }
+                }
+                Err(Routed::Failed(e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+        Err(ClusterError::StalePlacement)
+    }
+
+    async fn get_once(&self, key: &str) -> Result<Option<Bytes>, Routed> {
         let view = self.placement()?;
+        let nodes = self.nodes();
         let generation = self.near.as_ref().map(|n| n.generation(key));
         let mut missed = Vec::new();
         let mut answered = false;
         for i in view.replicas(key, self.replicas) {
-            let node = &self.nodes[i];
+            let node = &nodes[i];
             if !node.readable() {
                 continue;
             }
-            match node.client.get(key).await {
+            let r = node.client.get(key, view.version).await;
+            if let Some(newest) = Self::stale(&r) {
+                return Err(Routed::Stale(newest));
+            }
+            match r {
                 Ok(Read::Hit(hit)) => {
                     self.clock.observe(hit.version);
                     if let (Some(near), Some(generation)) = (&self.near, generation) {
                         near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl, generation);
                     }
-                    self.read_repair(key, &hit, &missed);
+                    self.read_repair(key, &hit, &missed, view.version);
                     return Ok(Some(hit.value));
                 }
                 Ok(Read::Deleted(version)) => {
@@ -485,7 +823,7 @@ impl Cluster {
                 Ok(Read::Syncing) => node.request_repair(),
                 Err(e) => {
                     if let Some(err) = self.failed(i, e) {
-                        return Err(err);
+                        return Err(err.into());
                     }
                 }
             }
@@ -493,15 +831,16 @@ impl Cluster {
         if answered {
             Ok(None)
         } else {
-            Err(ClusterError::Unavailable)
+            Err(ClusterError::Unavailable.into())
         }
     }
 
     /// Writes `hit` back, in the background, to replicas that missed it (they
     /// evicted it, say). Versioned, so it never overwrites anything newer.
-    fn read_repair(&self, key: &str, hit: &crate::client::Hit, missed: &[usize]) {
+    fn read_repair(&self, key: &str, hit: &crate::client::Hit, missed: &[usize], placement: u64) {
+        let nodes = self.nodes();
         for &i in missed {
-            let client = self.nodes[i].client.clone();
+            let client = nodes[i].client.clone();
             let key = key.to_string();
             let change = Change::Set {
                 value: hit.value.clone(),
@@ -509,7 +848,7 @@ impl Cluster {
             };
             let version = hit.version;
             tokio::spawn(async move {
-                match client.write(&key, &change, version).await {
+                match client.write(&key, &change, version, placement).await {
                     Ok(w) => tracing::debug!(%key, node = %client.addr(), ?w, "read repair"),
                     Err(e) => tracing::debug!(%key, error = %e, "read repair failed"),
                 }
@@ -546,9 +885,10 @@ impl Cluster {
         let Change::Set { value, .. } = change else {
             return Ok(());
         };
+        let nodes = self.nodes();
         let size = (key.len() + value.len()) as u64 + ringcache_common::limits::ENTRY_OVERHEAD;
         for &i in targets {
-            let node = &self.nodes[i];
+            let node = &nodes[i];
             let Some(stats) = node.info().stats else {
                 continue;
             };
@@ -570,29 +910,52 @@ impl Cluster {
     }
 
     async fn write(&self, key: &str, change: Change) -> Result<bool, ClusterError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            match self.write_once(key, &change).await {
+                Err(Routed::Stale(newest)) => {
+                    if !self.await_placement(newest).await {
+                        return Err(ClusterError::StalePlacement);
+                    }
+                }
+                Err(Routed::Failed(e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+        Err(ClusterError::StalePlacement)
+    }
+
+    /// One write routed by the current placement.
+    async fn write_once(&self, key: &str, change: &Change) -> Result<bool, Routed> {
         let view = self.placement()?;
-        let targets = view.replicas(key, self.replicas);
-        self.check_limits(key, &change, &targets)?;
+        let nodes = self.nodes();
+        let targets = view.write_targets(key, self.replicas);
+        self.check_limits(key, change, &targets)?;
         let mut result = Err(ClusterError::Unavailable);
         for attempt in 1..=WRITE_ATTEMPTS {
             let version = self.clock.next();
             let live: Vec<usize> = targets
                 .iter()
                 .copied()
-                .filter(|&i| self.nodes[i].writable())
+                .filter(|&i| nodes[i].writable())
                 .collect();
             if live.is_empty() {
-                return Err(ClusterError::Unavailable);
+                return Err(ClusterError::Unavailable.into());
             }
             let results = futures::future::join_all(
                 live.iter()
-                    .map(|&i| self.nodes[i].client.write(key, &change, version)),
+                    .map(|&i| nodes[i].client.write(key, change, version, view.version)),
             )
             .await;
             // Read-your-writes through this manager: drop the old copy now
             // rather than when the node's invalidation event arrives.
             if let Some(near) = &self.near {
                 near.invalidate(key);
+            }
+            // A node that knows a newer placement took nothing; the others
+            // may have: the write is routed again (by the newer placement)
+            // with a newer version, which supersedes what they took.
+            if let Some(newest) = results.iter().find_map(Self::stale) {
+                return Err(Routed::Stale(newest));
             }
             let mut acked: Option<bool> = None;
             let mut superseded = false;
@@ -635,11 +998,24 @@ impl Cluster {
             // it, by nodes that outlive this manager, before it is
             // acknowledged.
             for &i in &targets {
-                if !self.nodes[i].writable() || self.nodes[i].missed_since().is_some() {
+                if !nodes[i].writable() || nodes[i].missed_since().is_some() {
                     self.await_marked(i).await;
                 }
             }
         }
-        result
+        result.map_err(Routed::from)
+    }
+}
+
+/// How one routed attempt ended without an answer.
+enum Routed {
+    /// A node knows a newer placement: route again once this manager has it.
+    Stale(u64),
+    Failed(ClusterError),
+}
+
+impl From<ClusterError> for Routed {
+    fn from(e: ClusterError) -> Self {
+        Routed::Failed(e)
     }
 }

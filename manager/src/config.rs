@@ -28,6 +28,18 @@ pub struct ManagerOptions {
     #[arg(long = "nodes", env = "MANAGER_NODES", value_delimiter = ',')]
     pub nodes: Vec<String>,
 
+    /// etcd endpoints (http://host:2379, comma-separated) holding the
+    /// placement: the node set every manager routes by, changed at runtime
+    /// with `POST`/`DELETE /cluster/nodes` (docs/design/membership.md).
+    /// Without it the placement is the --nodes list, fixed.
+    #[arg(long = "etcd", env = "MANAGER_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// Name of this cluster in etcd: its keys live under
+    /// `/ringcache/<name>/`, so one etcd can serve several clusters.
+    #[arg(long, env = "MANAGER_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+
     /// Data nodes to run inside the manager when --nodes is not given.
     #[arg(long, env = "MANAGER_EMBEDDED_NODES", default_value_t = 3)]
     pub embedded_nodes: usize,

@@ -36,9 +36,12 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Cluster(ClusterError::Unavailable | ClusterError::RingIncomplete(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Cluster(
+                ClusterError::Unavailable
+                | ClusterError::RingIncomplete(_)
+                | ClusterError::NoPlacement
+                | ClusterError::StalePlacement,
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Cluster(ClusterError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
                 match status.code() {

@@ -10,7 +10,7 @@ use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, request::Parts, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::BoxError;
 use axum::{Json, Router};
 use bytes::BytesMut;
@@ -23,6 +23,7 @@ use tracing::instrument;
 use crate::cluster::{Cluster, NodeState};
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
+use crate::placement::etcd::Etcd;
 use crate::query;
 
 /// Most bytes of an unwanted request body read and thrown away after the
@@ -44,6 +45,8 @@ pub struct AppState {
     pub max_concurrent_requests: usize,
     /// Longest a request body may send nothing before the request gets 408.
     pub body_timeout: Duration,
+    /// Where the placement lives (`--etcd`); membership changes need it.
+    pub store: Option<Etcd>,
 }
 
 /// The manager's routes.
@@ -80,6 +83,12 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))
+        .route(
+            "/cluster/nodes",
+            post(crate::admin::add_node)
+                .delete(crate::admin::remove_node)
+                .fallback(method_not_allowed),
+        )
         .route("/metrics", get(metrics_text))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") });
     // Without a token there is no layer at all, rather than one that checks
@@ -99,7 +108,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// 405 with the one line of text every non-GET answer has.
-async fn method_not_allowed() -> Response {
+pub(crate) async fn method_not_allowed() -> Response {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     r.headers_mut().insert(
         header::ALLOW,
@@ -342,6 +351,17 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
 struct ClusterView {
     replicas: usize,
     vnodes: usize,
+    /// Where the placement comes from: `etcd` or `static` (`--nodes`).
+    placement: &'static str,
+    /// The placement version requests are routed by (0: static).
+    placement_version: u64,
+    /// The placement's members and their part in it (`up`, `syncing`
+    /// while receiving their share, `leaving` while handing it off).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    members: Vec<crate::placement::Member>,
+    /// Progress of the hand-off under way or the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff: Option<crate::placement::handoff::Progress>,
     nodes: Vec<NodeView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     near_cache: Option<NearView>,
@@ -390,12 +410,14 @@ struct SyncView {
 }
 
 async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
-    let shares = st.cluster.view().shares(st.cluster.nodes().len());
+    let view = st.cluster.view();
+    let shares = view.shares(st.cluster.nodes().len());
     let nodes = st
         .cluster
         .nodes()
         .iter()
         .zip(shares)
+        .filter(|(n, _)| !n.is_retired())
         .map(|(n, share)| {
             let info = n.info();
             let stats = info.stats.as_ref();
@@ -444,9 +466,21 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
             misses,
         }
     });
+    let handoff = match &st.store {
+        Some(store) => crate::placement::handoff::published(store).await,
+        None => None,
+    };
     Json(ClusterView {
         replicas: st.cluster.replicas(),
         vnodes: st.vnodes,
+        placement: if st.store.is_some() { "etcd" } else { "static" },
+        placement_version: view.version,
+        members: view
+            .placement
+            .as_ref()
+            .map(|p| p.members.clone())
+            .unwrap_or_default(),
+        handoff,
         nodes,
         near_cache,
     })

@@ -14,6 +14,7 @@
 //! - [`ui`]: the browser dashboard on `/ui`.
 
 pub mod accept;
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod near_cache;
+pub mod placement;
 pub mod query;
 pub mod ring;
 pub mod server;

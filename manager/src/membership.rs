@@ -75,7 +75,7 @@ async fn session(
     heartbeat_timeout: Duration,
     listener: &dyn EventListener,
 ) -> Result<(), String> {
-    let node = &cluster.nodes()[index];
+    let node = cluster.node(index);
     let mut stream = node.client.subscribe().await.map_err(|e| e.to_string())?;
     let first = next_event(&mut stream, heartbeat_timeout).await?;
     if let Err(e) = cluster.learn_id(index, &first.node_id) {
@@ -83,6 +83,17 @@ async fn session(
         // Another server at the node's old address: look the name up anew.
         node.client.reconnect();
         return Err(e);
+    }
+    if cluster.managed() {
+        // A restarted node forgot the placement version: tell it before it
+        // is admitted, so ops routed by an older one are refused again.
+        let version = cluster.view().version;
+        if version > 0 {
+            node.client
+                .set_placement(version)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
     }
     record(cluster, index, &first);
     listener.on_event(index, &first);
@@ -170,7 +181,7 @@ pub(crate) fn follow(
 /// nothing to repair is admitted as it is: starting a manager empties
 /// nothing.
 async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
-    let node = &cluster.nodes()[index];
+    let node = cluster.node(index);
     let id = node.id().ok_or("node id unknown")?;
     loop {
         let state = node.client.stats().await.map_err(|e| e.to_string())?;
@@ -184,7 +195,7 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
             .chain(sync.syncing.then_some(sync.since))
             .min();
         let Some(since) = since else {
-            return admitted(node, None);
+            return admitted(&node, None);
         };
         let (generation, since) = node
             .client
@@ -195,7 +206,8 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
         tracing::info!(node = %id, since, generation, marks = marks.len(), "repairing");
         copy_from_peers(cluster, index, since).await?;
         for (peer, mark) in &marks {
-            let _ = cluster.nodes()[*peer]
+            let _ = cluster
+                .node(*peer)
                 .client
                 .clear_mark(&id, mark.generation)
                 .await;
@@ -211,7 +223,7 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
             .map_err(|e| e.to_string())?
         {
             tracing::info!(node = %id, elapsed = ?started.elapsed(), "repaired");
-            return admitted(node, local);
+            return admitted(&node, local);
         }
     }
 }
@@ -227,9 +239,11 @@ fn admitted(node: &NodeHandle, local: Option<u64>) -> Result<(), String> {
 
 /// Every dirty mark about `id` held by the other nodes, with the holder.
 async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> Vec<(usize, pb::DirtyMark)> {
-    let peers: Vec<usize> = (0..cluster.nodes().len()).filter(|&i| i != index).collect();
-    let stats =
-        futures::future::join_all(peers.iter().map(|&i| cluster.nodes()[i].client.stats())).await;
+    let nodes = cluster.nodes();
+    let peers: Vec<usize> = (0..nodes.len())
+        .filter(|&i| i != index && !nodes[i].is_retired())
+        .collect();
+    let stats = futures::future::join_all(peers.iter().map(|&i| nodes[i].client.stats())).await;
     let mut out = Vec::new();
     for (&i, s) in peers.iter().zip(stats) {
         if let Ok(s) = s {
@@ -250,7 +264,7 @@ async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> Vec<(usize, pb
 /// node instead (misses, never stale reads), unless nothing was missed yet
 /// (`since` = 0: the node restarted empty).
 async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Result<(), String> {
-    let node = &cluster.nodes()[index];
+    let node = cluster.node(index);
     // A manager that just started has not reached every peer yet: give them
     // a moment, so that a peer merely not contacted yet is not taken for an
     // unreachable one (whose shared ranges would be dropped).
@@ -258,14 +272,14 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
     while cluster
         .nodes()
         .iter()
-        .any(|n| n.state() == NodeState::Unknown)
+        .any(|n| !n.is_retired() && n.state() == NodeState::Unknown)
         && tokio::time::Instant::now() < patience
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let view = cluster.view();
     for (peer_index, peer) in cluster.nodes().iter().enumerate() {
-        if peer_index == index {
+        if peer_index == index || peer.is_retired() {
             continue;
         }
         let ranges = view.ranges_with(cluster.replicas(), index, &[peer_index]);
@@ -320,7 +334,7 @@ async fn next_event(
 /// the node's, and acts on the dirty marks it holds: a node another manager
 /// saw miss writes stops being read here until it is repaired.
 fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
-    let node = &cluster.nodes()[index];
+    let node = cluster.node(index);
     let stats = match &ev.kind {
         Some(pb::event::Kind::Status(pb::Status { stats: Some(s) })) => Some(s),
         _ => None,
@@ -341,7 +355,7 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
     }
     for m in &s.marks {
         if let Some(i) = cluster.index_of(&m.node_id) {
-            cluster.nodes()[i].request_repair();
+            cluster.node(i).request_repair();
         }
     }
 }

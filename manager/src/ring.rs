@@ -18,7 +18,10 @@ pub const DEFAULT_VNODES: usize = 1024;
 pub struct Ring {
     /// (point, node index), sorted by point then by node id.
     points: Vec<(u64, usize)>,
+    /// Nodes with points (those included).
     nodes: usize,
+    /// Length of the id list the ring was built from (indices go up to it).
+    len: usize,
 }
 
 /// Hash of a key on the ring (shared with the data nodes' range scans).
@@ -26,9 +29,25 @@ pub use ringcache_common::hash::key_hash;
 
 impl Ring {
     pub fn new<S: AsRef<str>>(ids: &[S], vnodes: usize) -> Self {
+        Self::subset(ids, vnodes, |_| true)
+    }
+
+    /// A ring over the ids `include` accepts, indexed like the whole list,
+    /// so that two rings over the same list (the placements before and
+    /// after a membership change) name each node by the same index.
+    pub fn subset<S: AsRef<str>>(
+        ids: &[S],
+        vnodes: usize,
+        include: impl Fn(usize) -> bool,
+    ) -> Self {
         let vnodes = vnodes.max(1);
         let mut points = Vec::with_capacity(ids.len() * vnodes);
+        let mut nodes = 0;
         for (n, id) in ids.iter().enumerate() {
+            if !include(n) {
+                continue;
+            }
+            nodes += 1;
             for v in 0..vnodes {
                 points.push((xxh3_64(format!("{}#{v}", id.as_ref()).as_bytes()), n));
             }
@@ -39,7 +58,8 @@ impl Ring {
         });
         Self {
             points,
-            nodes: ids.len(),
+            nodes,
+            len: ids.len(),
         }
     }
 
@@ -76,61 +96,17 @@ impl Ring {
         self.replicas(key, 1).first().copied()
     }
 
-    /// The replica set (first `n` distinct nodes) of keys on the arc that
-    /// ends at point `i`.
-    fn replicas_from(&self, i: usize, n: usize) -> Vec<usize> {
-        let n = n.min(self.nodes);
-        let mut out = Vec::with_capacity(n);
-        for k in 0..self.points.len() {
-            let node = self.points[(i + k) % self.points.len()].1;
-            if !out.contains(&node) {
-                out.push(node);
-                if out.len() == n {
-                    break;
-                }
-            }
-        }
-        out
-    }
-
     /// The arcs `(start, end]` of hash space (as `HashRange`s: wrapping when
     /// `start >= end`) whose replica set of `n` nodes satisfies `pred`,
     /// adjacent arcs merged. Used to tell a node which keys to copy.
     pub fn arcs_where(&self, n: usize, pred: impl Fn(&[usize]) -> bool) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let Some(&(last, _)) = self.points.last() else {
-            return out;
-        };
-        if self.points.iter().all(|&(p, _)| p == last) {
-            // One point (or all equal): the whole circle has one replica set.
-            return if pred(&self.replicas_from(0, n)) {
-                vec![(last, last)]
-            } else {
-                out
-            };
-        }
-        let mut prev = last;
-        for (i, &(p, _)) in self.points.iter().enumerate() {
-            if p != prev && pred(&self.replicas_from(i, n)) {
-                match out.last_mut() {
-                    Some(arc) if arc.1 == prev => arc.1 = p,
-                    _ => out.push((prev, p)),
-                }
-            }
-            prev = p;
-        }
-        // The first arc starts where the last one ends: join them.
-        if out.len() > 1 && out[0].0 == out[out.len() - 1].1 {
-            if let Some((start, _)) = out.pop() {
-                out[0].0 = start;
-            }
-        }
-        out
+        arcs_where_both(self, self, n, |a, _| pred(a))
     }
 
-    /// Each node's share of the key space (as primary owner), summing to 1.
+    /// Each node's share of the key space (as primary owner), summing to 1
+    /// over the included nodes.
     pub fn shares(&self) -> Vec<f64> {
-        let mut shares = vec![0.0; self.nodes];
+        let mut shares = vec![0.0; self.len];
         let Some(&(last, _)) = self.points.last() else {
             return shares;
         };
@@ -146,6 +122,49 @@ impl Ring {
         }
         shares
     }
+}
+
+/// The arcs `(start, end]` on which the replica sets of `n` nodes in ring
+/// `a` and in ring `b` together satisfy `pred` (adjacent arcs merged). Both
+/// rings must index the same id list (see [`Ring::subset`]): with the rings
+/// before and after a membership change, this finds the keys that move.
+pub fn arcs_where_both(
+    a: &Ring,
+    b: &Ring,
+    n: usize,
+    pred: impl Fn(&[usize], &[usize]) -> bool,
+) -> Vec<(u64, u64)> {
+    // Between two consecutive points of either ring, both replica sets are
+    // constant: the arc (prev, p] has the sets of a key hashing to p.
+    let mut points: Vec<u64> = a.points.iter().chain(&b.points).map(|p| p.0).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let Some(&last) = points.last() else {
+        return out;
+    };
+    let holds = |p: u64| pred(&a.replicas_for_hash(p, n), &b.replicas_for_hash(p, n));
+    if points.len() == 1 {
+        // One point: the whole circle has one pair of sets.
+        return if holds(last) { vec![(last, last)] } else { out };
+    }
+    let mut prev = last;
+    for &p in &points {
+        if holds(p) {
+            match out.last_mut() {
+                Some(arc) if arc.1 == prev => arc.1 = p,
+                _ => out.push((prev, p)),
+            }
+        }
+        prev = p;
+    }
+    // The first arc starts where the last one ends: join them.
+    if out.len() > 1 && out[0].0 == out[out.len() - 1].1 {
+        if let Some((start, _)) = out.pop() {
+            out[0].0 = start;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -269,6 +288,35 @@ mod tests {
         assert!(Ring::new::<String>(&[], 8)
             .arcs_where(2, |_| true)
             .is_empty());
+    }
+
+    #[test]
+    fn a_subset_ring_indexes_the_whole_list_and_finds_the_keys_that_move() {
+        let all = ids(4);
+        let before = Ring::subset(&all, 64, |i| i != 3);
+        let after = Ring::new(&all, 64);
+        assert_eq!(before.shares()[3], 0.0);
+        // Keys whose replica sets gain node 3: exactly those that move to it.
+        let gain = arcs_where_both(&before, &after, 2, |b, a| a.contains(&3) && !b.contains(&3));
+        let inside = |h: u64| {
+            gain.iter().any(|&(s, e)| {
+                if s < e {
+                    s < h && h <= e
+                } else {
+                    h > s || h <= e
+                }
+            })
+        };
+        let mut moved = 0;
+        for k in 0..20_000 {
+            let key = format!("k{k}");
+            let (b, a) = (before.replicas(&key, 2), after.replicas(&key, 2));
+            assert!(!b.contains(&3));
+            assert_eq!(inside(key_hash(&key)), a.contains(&3), "{key}");
+            moved += usize::from(a.contains(&3));
+        }
+        // Node 3 takes about half of 2-of-4 replica sets (64 vnodes: +-20%).
+        assert!((7_000..13_000).contains(&moved), "{moved}");
     }
 
     #[test]

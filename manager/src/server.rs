@@ -10,13 +10,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, ConnLimits};
 use crate::client::{CallError, NodeClient};
-use crate::cluster::{Cluster, NodeHandle};
+use crate::cluster::{Cluster, Connect, NodeHandle};
 use crate::config::{parse_node, ManagerOptions};
 use crate::embedded::Embedded;
 use crate::http::{self, AppState};
-use crate::membership::{self, EventListener, NoListener};
+use crate::membership::{EventListener, NoListener};
 use crate::metrics::Metrics;
 use crate::near_cache::NearCache;
+use crate::placement::{self, etcd::Etcd};
+
+/// Node slots the near cache tracks; nodes beyond (after many membership
+/// changes) are never filled from.
+const MAX_NODES: usize = 1024;
+/// Calls to etcd get at least this long.
+const ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +35,8 @@ pub enum ServeError {
     DuplicateNode(String),
     #[error("no data nodes: give --nodes or --embedded-nodes > 0")]
     NoNodes,
+    #[error("invalid --etcd: {0}")]
+    Etcd(#[from] crate::placement::etcd::EtcdError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -90,22 +99,51 @@ async fn run(
         let client = NodeClient::new(a, opts.node_timeout, opts.auth_token.as_deref())?;
         nodes.push(Arc::new(NodeHandle::with_id(client, id.clone())));
     }
-    let mut cluster = Cluster::new(nodes, opts.vnodes, opts.replicas_for(addrs.len()));
+    let store = if opts.etcd.is_empty() {
+        None
+    } else {
+        let prefix = format!("/ringcache/{}", opts.cluster_name);
+        Some(Etcd::new(
+            &opts.etcd,
+            &prefix,
+            opts.node_timeout.max(ETCD_TIMEOUT),
+        )?)
+    };
+    let replicas = match store {
+        // Nodes come and go: the ring takes min(replicas, nodes) itself.
+        Some(_) => opts.replicas.unwrap_or(2),
+        None => opts.replicas_for(addrs.len()),
+    };
+    let connect = Connect {
+        timeout: opts.node_timeout,
+        auth_token: opts.auth_token.clone(),
+    };
+    let mut cluster = Cluster::with_options(nodes, opts.vnodes, replicas, store.is_some(), connect);
     let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
         Some(size) => {
-            let near = Arc::new(NearCache::new(size, addrs.len()));
+            let near = Arc::new(NearCache::new(size, MAX_NODES));
             cluster = cluster.with_near_cache(near.clone());
             near
         }
         None => Arc::new(NoListener),
     };
     let cluster = Arc::new(cluster);
-    for i in 0..cluster.nodes().len() {
-        tokio::spawn(membership::watch(
+    cluster.start_sessions(opts.heartbeat_timeout, listener_events, token.clone());
+    if let Some(store) = &store {
+        tokio::spawn(placement::follow(
+            store.clone(),
             cluster.clone(),
-            i,
-            opts.heartbeat_timeout,
-            listener_events.clone(),
+            token.clone(),
+        ));
+        let me = format!(
+            "{}-{}",
+            listener.local_addr().map_err(ServeError::Http)?,
+            std::process::id()
+        );
+        tokio::spawn(placement::handoff::drive(
+            store.clone(),
+            cluster.clone(),
+            me,
             token.clone(),
         ));
     }
@@ -118,6 +156,7 @@ async fn run(
         auth_token: opts.auth_token.clone().map(Arc::from),
         max_concurrent_requests: opts.max_concurrent_requests,
         body_timeout: opts.body_timeout,
+        store,
     });
     let addr = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(), "manager serving HTTP");

@@ -118,6 +118,21 @@ async fn readme_curl_flow() {
 }
 
 #[tokio::test]
+async fn membership_changes_without_etcd_are_refused_with_409() {
+    let m = start(&[]).await;
+    let (s, body) = m
+        .call("POST", "/cluster/nodes?addr=http://127.0.0.1:1")
+        .await;
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("--etcd"), "{body}");
+    assert_eq!(m.call("DELETE", "/cluster/nodes?id=x").await.0, 409);
+    assert_eq!(m.call("PUT", "/cluster/nodes").await.0, 405);
+    let c = m.cluster().await;
+    assert_eq!(c["placement"], "static");
+    assert_eq!(c["placement_version"], 0);
+}
+
+#[tokio::test]
 async fn body_value_is_binary_safe_and_keys_are_percent_decoded() {
     let m = start(&[]).await;
     let value: Vec<u8> = (0..=255u8).cycle().take(5000).collect();

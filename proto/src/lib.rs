@@ -1,4 +1,5 @@
-//! Generated gRPC code for ringcache's `ringcache.v1` package, in one place.
+//! Generated gRPC code, in one place: ringcache's `ringcache.v1` package and
+//! the client of the part of etcd's v3 API the manager uses.
 
 /// Messages, client and server of `ringcache.v1`.
 // Generated code: a heartbeat's stats make `Event.kind`'s status variant
@@ -7,6 +8,18 @@
 #[allow(clippy::large_enum_variant)]
 pub mod pb {
     tonic::include_proto!("ringcache.v1");
+}
+
+/// etcd's v3 API (a subset; see `proto/etcd/`): clients of KV, Watch and
+/// Lease.
+#[allow(clippy::large_enum_variant, clippy::enum_variant_names)]
+pub mod etcd {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every ringcache proto, for server reflection.

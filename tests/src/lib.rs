@@ -63,7 +63,19 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// Async version of [`wait_for`].
-pub async fn wait_until<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_until_for(what, DEADLINE, f).await
+}
+
+/// Longest wait for a hand-off under load on a slow machine.
+pub const LONG_DEADLINE: Duration = Duration::from_secs(90);
+
+/// [`wait_until`] with its own deadline.
+pub async fn wait_until_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -73,7 +85,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -137,6 +149,58 @@ impl Proc {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Proc::spawn(name, "datanode", "data node serving gRPC", args)
+    }
+
+    /// A single-member etcd (Debian's `etcd-server`) on loopback ports,
+    /// with its data in a fresh temporary directory.
+    pub fn etcd(name: &str) -> Proc {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+        };
+        let (client, peer) = (free(), free());
+        let dir = log_dir().join(format!("{name}-{}.etcd", unique()));
+        let args: Vec<String> = [
+            "--name",
+            name,
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--listen-client-urls",
+            &format!("http://{client}"),
+            "--advertise-client-urls",
+            &format!("http://{client}"),
+            "--listen-peer-urls",
+            &format!("http://{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{peer}"),
+            "--initial-cluster",
+            &format!("{name}=http://{peer}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let bin = etcd_path();
+        let log = log_dir().join(format!("{name}-{}.log", unique()));
+        let mut p = Proc {
+            name: name.to_string(),
+            child: start(&bin, &args, &log),
+            log,
+            addr: client,
+            args,
+            bin,
+        };
+        let log = p.log.clone();
+        let child = &mut p.child;
+        wait_for("etcd to serve clients", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("etcd exited with {status}");
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("ready to serve client requests")
+                .then_some(())
+        });
+        p
     }
 
     /// A manager over `nodes`, with its HTTP API on a system-chosen port.
@@ -211,6 +275,21 @@ impl Proc {
         let addr = self.await_ready(marker);
         assert_eq!(addr, self.addr);
     }
+}
+
+/// The etcd server binary: `ETCD` if set, else `etcd` on the PATH or in
+/// /usr/bin (Debian's etcd-server).
+pub fn etcd_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("ETCD").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("etcd"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
 fn start(bin: &Path, args: &[String], log: &Path) -> Child {
@@ -314,6 +393,60 @@ impl Api {
     pub async fn delete(&self, key: &str) -> Reply {
         self.send(self.http.delete(format!("{}/?key={key}", self.base)))
             .await
+    }
+
+    /// `POST /cluster/nodes?addr=...`: adds a data node.
+    pub async fn add_node(&self, addr: &str) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/cluster/nodes?addr={addr}", self.base)),
+        )
+        .await
+    }
+
+    /// `DELETE /cluster/nodes?id=...`: removes a data node.
+    pub async fn remove_node(&self, id: &str) -> Reply {
+        self.send(
+            self.http
+                .delete(format!("{}/cluster/nodes?id={id}", self.base)),
+        )
+        .await
+    }
+
+    /// `/cluster`'s placement version and members as (id, state).
+    pub async fn placement(&self) -> (u64, Vec<(String, String)>) {
+        let c = self.cluster().await;
+        let members = c["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| {
+                        (
+                            m["id"].as_str().unwrap_or_default().to_string(),
+                            m["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (c["placement_version"].as_u64().unwrap_or(0), members)
+    }
+
+    /// Waits until the placement's members are exactly `ids`, all up.
+    pub async fn await_members(&self, ids: &[&str]) -> u64 {
+        let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until_for(
+            &format!("placement of {want:?}, all up"),
+            LONG_DEADLINE,
+            || async {
+                let (version, members) = self.placement().await;
+                let mut got: Vec<String> = members.iter().map(|m| m.0.clone()).collect();
+                got.sort();
+                (got == want && members.iter().all(|m| m.1 == "up")).then_some(version)
+            },
+        )
+        .await
     }
 
     pub async fn cluster(&self) -> serde_json::Value {

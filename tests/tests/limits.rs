@@ -42,6 +42,7 @@ async fn memory_bound_holds_under_a_fill_of_three_times_the_limit() {
         let ops = (i..(i + 500).min(n))
             .map(|j| pb::Op {
                 id: j,
+                placement: 0,
                 op: Some(pb::op::Op::Set(pb::SetRequest {
                     key: format!("fill-{j:010}"),
                     value: value.clone(),

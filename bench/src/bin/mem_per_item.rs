@@ -108,6 +108,7 @@ async fn load_datanode(args: &Args, names: &KeyNames) -> Result<(), String> {
             let ops = (i..end)
                 .map(|n| pb::Op {
                     id: n,
+                    placement: 0,
                     op: Some(pb::op::Op::Set(pb::SetRequest {
                         key: names.name(n),
                         value: value.clone(),

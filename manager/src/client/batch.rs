@@ -27,7 +27,7 @@ use futures::stream::{self, SelectAll, Stream, StreamExt};
 use ringcache_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::Grpc;
 
@@ -59,10 +59,13 @@ const LANES: usize = 1;
 /// same bits would put all of one node's keys in a few lanes.
 const LANE_SEED: u64 = 0x6c61_6e65_7365_6564;
 
+/// A node's answer to one op; a per-op error travels inside it
+/// (`op_result::Result::Error`), and is sorted out by the caller.
 pub(super) type Reply = Result<pb::op_result::Result, Status>;
 
 struct Pending {
     op: pb::op::Op,
+    placement: u64,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -85,10 +88,15 @@ impl Batcher {
 
     /// Queues one operation and waits for its result (the caller bounds the
     /// wait with its deadline).
-    pub(super) async fn call(&self, op: pb::op::Op) -> Reply {
+    /// `placement` is the placement version the op was routed by.
+    pub(super) async fn call(&self, op: pb::op::Op, placement: u64) -> Reply {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { op, reply })
+            .send(Pending {
+                op,
+                placement,
+                reply,
+            })
             .await
             .map_err(|_| Status::unavailable("batch stream stopped"))?;
         rx.await
@@ -207,7 +215,7 @@ async fn run(client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeou
                         for r in resp.results {
                             if let Some(reply) = in_flight.remove(&r.id) {
                                 let result = r.result.ok_or_else(|| Status::internal("empty result"));
-                                let _ = reply.send(result.and_then(from_op_error));
+                                let _ = reply.send(result);
                             }
                         }
                     }
@@ -246,6 +254,7 @@ fn collect(
             batches[lane_of(&p.op)].push(pb::Op {
                 id: *next_id,
                 op: Some(p.op),
+                placement: p.placement,
             });
         }
         if n >= MAX_OPS || bytes >= MAX_BYTES {
@@ -255,13 +264,5 @@ fn collect(
             Ok(more) => p = more,
             Err(_) => break,
         }
-    }
-}
-
-/// A per-operation error travels inside the result.
-fn from_op_error(r: pb::op_result::Result) -> Reply {
-    match r {
-        pb::op_result::Result::Error(e) => Err(Status::new(Code::from(e.code), e.message)),
-        ok => Ok(ok),
     }
 }

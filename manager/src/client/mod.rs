@@ -33,6 +33,9 @@ pub enum CallError {
     Status { node: String, status: Status },
     #[error("the auth token must be printable ASCII")]
     BadToken,
+    /// The op was routed by an older placement than the node knows of.
+    #[error("node {node} knows placement {newest}, newer than the one this request was routed by")]
+    StalePlacement { node: String, newest: u64 },
     #[error("invalid node address {addr:?}: {source}")]
     Address {
         addr: String,
@@ -47,6 +50,7 @@ impl CallError {
     pub fn is_node_failure(&self) -> bool {
         match self {
             CallError::Timeout { .. } | CallError::Address { .. } | CallError::BadToken => true,
+            CallError::StalePlacement { .. } => false,
             CallError::Status { status, .. } => !matches!(
                 status.code(),
                 Code::InvalidArgument
@@ -211,10 +215,28 @@ impl NodeClient {
             .await
     }
 
-    /// One key operation on the node's batch stream, bounded by the deadline.
-    async fn op(&self, op: pb::op::Op) -> Result<pb::op_result::Result, CallError> {
+    /// One key operation on the node's batch stream, bounded by the
+    /// deadline, routed by placement version `placement`. A per-op error
+    /// becomes a typed [`CallError`] here, once.
+    async fn op(&self, op: pb::op::Op, placement: u64) -> Result<pb::op_result::Result, CallError> {
         let conn = self.conn();
-        self.deadline(conn.batcher.call(op)).await
+        match self.deadline(conn.batcher.call(op, placement)).await? {
+            pb::op_result::Result::Error(e) => Err(self.op_error(e)),
+            ok => Ok(ok),
+        }
+    }
+
+    fn op_error(&self, e: pb::OpError) -> CallError {
+        if e.reason == pb::ErrorReason::StalePlacement as i32 {
+            return CallError::StalePlacement {
+                node: self.addr.clone(),
+                newest: e.placement,
+            };
+        }
+        CallError::Status {
+            node: self.addr.clone(),
+            status: Status::new(Code::from(e.code), e.message),
+        }
     }
 
     fn unexpected(&self) -> CallError {
@@ -224,13 +246,14 @@ impl NodeClient {
         }
     }
 
-    /// A consistent read: a syncing node answers [`Read::Syncing`].
-    pub async fn get(&self, key: &str) -> Result<Read, CallError> {
+    /// A consistent read, routed by placement version `placement`: a
+    /// syncing node answers [`Read::Syncing`].
+    pub async fn get(&self, key: &str, placement: u64) -> Result<Read, CallError> {
         let op = pb::op::Op::Get(pb::GetRequest {
             key: key.to_string(),
             consistent: true,
         });
-        let pb::op_result::Result::Get(r) = self.op(op).await? else {
+        let pb::op_result::Result::Get(r) = self.op(op, placement).await? else {
             return Err(self.unexpected());
         };
         Ok(if r.syncing {
@@ -249,12 +272,13 @@ impl NodeClient {
         })
     }
 
-    /// Sends a versioned write.
+    /// Sends a versioned write, routed by placement version `placement`.
     pub async fn write(
         &self,
         key: &str,
         change: &Change,
         version: u64,
+        placement: u64,
     ) -> Result<Written, CallError> {
         let key = key.to_string();
         let op = match change {
@@ -267,7 +291,7 @@ impl NodeClient {
             }),
             Change::Delete => pb::op::Op::Delete(pb::DeleteRequest { key, version }),
         };
-        let (replaced, superseded, version) = match self.op(op).await? {
+        let (replaced, superseded, version) = match self.op(op, placement).await? {
             pb::op_result::Result::Set(r) => (r.replaced, r.superseded, r.version),
             pb::op_result::Result::Delete(r) => (r.deleted, r.superseded, r.version),
             _ => return Err(self.unexpected()),
@@ -354,6 +378,15 @@ impl NodeClient {
             since,
         };
         self.call(c.pull(Request::new(req))).await
+    }
+
+    /// Tells the node the newest placement version; returns the node's.
+    pub async fn set_placement(&self, version: u64) -> Result<u64, CallError> {
+        let mut c = self.conn().inner.clone();
+        let r = self
+            .call(c.set_placement(self.request(pb::SetPlacementRequest { version })))
+            .await?;
+        Ok(r.version)
     }
 
     /// Opens the node's event stream. Only opening it is bounded by the

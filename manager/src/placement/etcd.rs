@@ -1,0 +1,278 @@
+//! The placement's home in etcd (docs/design/membership.md): one key holding
+//! the placement as JSON, whose `mod_revision` is the placement version;
+//! changes by compare-and-swap transactions on that revision; a watch so
+//! every manager follows within a round trip; and a leased key that elects
+//! the one manager driving hand-offs.
+//!
+//! A thin layer over etcd's own gRPC API (`ringcache_proto::etcd`, compiled
+//! from etcd's protos with protox). The `etcd-client` crate wraps the same
+//! API but compiles etcd's protos with a system `protoc` at build time,
+//! which would break the one-command build on a machine without one.
+
+use std::time::Duration;
+
+use ringcache_proto::etcd::etcdserverpb::{
+    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient,
+    watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why talking to etcd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("invalid etcd endpoint {0:?}")]
+    Endpoint(String),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("etcd: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("etcd watch ended")]
+    WatchEnded,
+    #[error("etcd lease {0} expired")]
+    LeaseLost(i64),
+}
+
+/// A value with its etcd revision.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// Client of one etcd cluster, scoped to one key prefix; cheap to clone
+/// (one HTTP/2 connection shared by every call).
+#[derive(Clone)]
+pub struct Etcd {
+    kv: KvClient<Channel>,
+    watch: WatchClient<Channel>,
+    lease: LeaseClient<Channel>,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl Etcd {
+    /// Connects lazily to `endpoints` (`http://host:2379`; a bare host:port
+    /// means http), balancing over them; keys live under `prefix`.
+    pub fn new(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self, EtcdError> {
+        let mut eps = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let uri = crate::config::node_uri(e);
+            let ep = Endpoint::from_shared(uri.clone())
+                .map_err(|_| EtcdError::Endpoint(e.clone()))?
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(3));
+            eps.push(ep);
+        }
+        if eps.is_empty() {
+            return Err(EtcdError::Endpoint(String::new()));
+        }
+        let channel = Channel::balance_list(eps.into_iter());
+        Ok(Self {
+            kv: KvClient::new(channel.clone()),
+            watch: WatchClient::new(channel.clone()),
+            lease: LeaseClient::new(channel),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            timeout,
+        })
+    }
+
+    /// The full etcd key of `name`.
+    pub fn key(&self, name: &str) -> Vec<u8> {
+        format!("{}/{name}", self.prefix).into_bytes()
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, EtcdError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?.into_inner()),
+            Err(_) => Err(EtcdError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The value of `name`, if any.
+    pub async fn get(&self, name: &str) -> Result<Option<Stored>, EtcdError> {
+        let mut kv = self.kv.clone();
+        let req = RangeRequest {
+            key: self.key(name),
+            ..Default::default()
+        };
+        let r = self.bounded(kv.range(req)).await?;
+        Ok(r.kvs.into_iter().next().map(|kv| Stored {
+            value: kv.value,
+            mod_revision: kv.mod_revision,
+        }))
+    }
+
+    /// Writes `value` to `name` if its mod revision is still `expected` (0:
+    /// the key must not exist), attached to `lease` (0: none). Returns the
+    /// new revision, or `None` if someone changed the key first.
+    pub async fn put_if(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+        expected: i64,
+        lease: i64,
+    ) -> Result<Option<i64>, EtcdError> {
+        let key = self.key(name);
+        let compare = if expected == 0 {
+            Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: key.clone(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                ..Default::default()
+            }
+        } else {
+            Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: key.clone(),
+                target_union: Some(compare::TargetUnion::ModRevision(expected)),
+                ..Default::default()
+            }
+        };
+        let put = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key,
+                value,
+                lease,
+                ..Default::default()
+            })),
+        };
+        let mut kv = self.kv.clone();
+        let req = TxnRequest {
+            compare: vec![compare],
+            success: vec![put],
+            failure: Vec::new(),
+        };
+        let r = self.bounded(kv.txn(req)).await?;
+        Ok(r.succeeded.then(|| r.header.map_or(0, |h| h.revision)))
+    }
+
+    /// Writes `value` to `name` unconditionally.
+    pub async fn put(&self, name: &str, value: Vec<u8>) -> Result<(), EtcdError> {
+        let mut kv = self.kv.clone();
+        let req = PutRequest {
+            key: self.key(name),
+            value,
+            ..Default::default()
+        };
+        self.bounded(kv.put(req)).await.map(|_| ())
+    }
+
+    /// Follows `name` from revision `from` on: every new value (or `None`
+    /// when deleted) with its revision, on the returned channel, until the
+    /// watch breaks (the channel closes; the caller reads anew and watches
+    /// again).
+    pub async fn watch(
+        &self,
+        name: &str,
+        from: i64,
+    ) -> Result<mpsc::Receiver<(Option<Vec<u8>>, i64)>, EtcdError> {
+        let (req_tx, req_rx) = mpsc::channel(1);
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: self.key(name),
+                    start_revision: from,
+                    ..Default::default()
+                },
+            )),
+        };
+        req_tx
+            .send(create)
+            .await
+            .map_err(|_| EtcdError::WatchEnded)?;
+        let mut w = self.watch.clone();
+        let mut stream = self.bounded(w.watch(ReceiverStream::new(req_rx))).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            // Keeping the request side open keeps the watch alive.
+            let _req_tx = req_tx;
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled {
+                    tracing::warn!(reason = %resp.cancel_reason, "etcd watch cancelled");
+                    return;
+                }
+                for ev in resp.events {
+                    let Some(kv) = ev.kv else { continue };
+                    let value = (ev.r#type == 0).then_some(kv.value);
+                    if tx.send((value, kv.mod_revision)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Grants a lease of `ttl` and keeps it alive until the returned token
+    /// is cancelled (then revokes it) or a renewal fails (then cancels the
+    /// token: whatever was attached to the lease is gone or soon will be).
+    pub async fn lease(
+        &self,
+        ttl: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(i64, tokio_util::sync::CancellationToken), EtcdError> {
+        let mut lease = self.lease.clone();
+        let granted = self
+            .bounded(lease.lease_grant(LeaseGrantRequest {
+                ttl: ttl.as_secs().max(1) as i64,
+                id: 0,
+            }))
+            .await?;
+        let id = granted.id;
+        let (tx, rx) = mpsc::channel(1);
+        // etcd answers the call's headers with its first reply, so the
+        // stream must carry a request before the call can complete.
+        tx.send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| EtcdError::LeaseLost(id))?;
+        let mut replies = self
+            .bounded(lease.lease_keep_alive(ReceiverStream::new(rx)))
+            .await?;
+        if replies.message().await?.is_none_or(|r| r.ttl <= 0) {
+            return Err(EtcdError::LeaseLost(id));
+        }
+        let lost = shutdown.child_token();
+        let done = lost.clone();
+        let every = ttl / 3;
+        let revoke = self.lease.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => {
+                        let mut revoke = revoke;
+                        let _ = tokio::time::timeout(timeout, revoke.lease_revoke(LeaseRevokeRequest { id })).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let renewed = async {
+                    tx.send(LeaseKeepAliveRequest { id }).await.ok()?;
+                    let r = replies.message().await.ok()??;
+                    (r.ttl > 0).then_some(())
+                };
+                if tokio::time::timeout(every, renewed)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    tracing::warn!(lease = id, "etcd lease renewal failed");
+                    done.cancel();
+                    return;
+                }
+            }
+        });
+        Ok((id, lost))
+    }
+}
