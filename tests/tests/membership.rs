@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringcache_tests::{wait_until_for, Api, NodeConn, Proc, LONG_DEADLINE};
+use ringcache_manager::ring::{Ring, DEFAULT_VNODES};
+use ringcache_tests::{wait_until_for, Api, Held, NodeConn, Proc, LONG_DEADLINE};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 
@@ -137,6 +138,40 @@ async fn assert_latest(api: &Api, latest: &[(String, Vec<String>)]) {
     );
 }
 
+/// Checks placement itself, read directly over gRPC: each key's two
+/// replicas under the ring of `members` (the managers' ring: node ids,
+/// default vnodes) hold its latest value. Reads through a manager would
+/// hide a missing copy (a miss falls over to the other replica).
+async fn assert_placed(members: &[&Proc], latest: &[(String, Vec<String>)]) {
+    let ids: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
+    let ring = Ring::new(&ids, DEFAULT_VNODES);
+    let mut conns = Vec::new();
+    for p in members {
+        conns.push(NodeConn::connect(p).await);
+    }
+    let mut wrong = Vec::new();
+    for (prefix, values) in latest {
+        for (i, v) in values.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let key = format!("{prefix}{i}");
+            for r in ring.replicas(&key, 2) {
+                match conns[r].held(&key).await {
+                    Held::Value { value, .. } if &value == v => {}
+                    other => wrong.push(format!("{key} on {}: {other:?}, want {v:?}", ids[r])),
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} replicas not holding the latest value: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
 async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
@@ -182,6 +217,8 @@ async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
     .await;
     let (latest, violations) = load.finish().await;
     assert!(violations.is_empty(), "{violations:?}");
+    let four: Vec<&Proc> = nodes.iter().chain([&node4]).collect();
+    assert_placed(&four, &latest).await;
     assert_latest(&a, &latest).await;
     assert_latest(&b, &latest).await;
     // About a quarter of the replicas (2 of 4 per key: half the keys).
@@ -202,6 +239,7 @@ async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
     nodes[1].kill();
     let (latest, violations) = load.finish().await;
     assert!(violations.is_empty(), "{violations:?}");
+    assert_placed(&[&nodes[0], &nodes[2], &node4], &latest).await;
     assert_latest(&a, &latest).await;
     assert_latest(&b, &latest).await;
     // The states in /cluster: no node2 left among the nodes.
