@@ -49,8 +49,11 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_MAX_VALUE_BYTES", default_value = "1MiB", value_parser = parse_size_usize)]
     pub max_value_bytes: usize,
 
-    /// Interval of status heartbeats on the Subscribe stream, e.g. 1s or 250ms.
-    #[arg(long, env = "DATANODE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    /// Interval of status heartbeats on the Subscribe stream, e.g. 100ms.
+    /// Read leases and the managers' near-cache staleness bound are
+    /// counted from heartbeats: keep it well under the managers' --lease
+    /// and --near-cache-max-lag.
+    #[arg(long, env = "DATANODE_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = parse_interval)]
     pub heartbeat_interval: Duration,
 
     /// Interval of the sweep that frees expired entries.
@@ -91,7 +94,7 @@ impl Default for NodeOptions {
             shards: 64,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             auth_token: None,

@@ -42,6 +42,7 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
         max_entry_bytes: store.max_entry_bytes(),
         lost_after: store.lost_after(),
         placement: node.placement(),
+        leases: node.leases().list(),
     }
 }
 

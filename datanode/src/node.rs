@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeOptions;
 use crate::events::{EventBus, EventKind};
+use crate::lease::Leases;
 use crate::store::{Outcome, Read, Store, StoreError, Write};
 use crate::sync::{Marks, SyncState};
 
@@ -42,6 +43,7 @@ pub struct Node {
     marks: Marks,
     /// Newest placement version told by a manager (see `SetPlacement`).
     placement: AtomicU64,
+    leases: Leases,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
 }
@@ -61,6 +63,7 @@ impl Node {
             sync: SyncState::new(),
             marks: Marks::default(),
             placement: AtomicU64::new(0),
+            leases: Leases::default(),
             shutdown,
         })
     }
@@ -91,6 +94,9 @@ impl Node {
     }
     pub fn sync_rate(&self) -> u64 {
         self.sync_rate
+    }
+    pub fn leases(&self) -> &Leases {
+        &self.leases
     }
     /// The newest placement version this node was told.
     pub fn placement(&self) -> u64 {
@@ -205,8 +211,13 @@ impl Node {
 
     /// Publishes one status heartbeat on the event bus.
     pub fn publish_status(&self) {
-        self.store
+        // Taken before the event goes out: a manager that names this
+        // heartbeat in a lease renewal received it after this instant.
+        let sent = std::time::Instant::now();
+        let seq = self
+            .store
             .events()
             .publish(EventKind::Status(self.store.stats()));
+        self.leases.heartbeat(seq, sent);
     }
 }

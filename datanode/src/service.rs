@@ -28,6 +28,13 @@ impl DataNodeService {
 
 fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, Status> {
     let read = node.get(&req.key, req.consistent)?;
+    if req.consistent && read.is_some() && !node.leases().held() {
+        return Ok(pb::GetResponse {
+            unleased: true,
+            seq: node.store().events().last_seq(),
+            ..Default::default()
+        });
+    }
     Ok(convert::read(read, node.store().events().last_seq()))
 }
 
@@ -267,6 +274,30 @@ impl DataNode for DataNodeService {
             .prune(&crate::sync::ranges(&req.get_ref().ranges));
         tracing::info!(removed, "pruned ranges that may be stale");
         Ok(Response::new(pb::PruneResponse { removed }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let r = req.get_ref();
+        let seq = self.node.store().events().last_seq();
+        let granted = self.node.leases().renew(
+            &r.manager_id,
+            r.heartbeat_seq,
+            std::time::Duration::from_millis(r.lease_ms),
+        );
+        Ok(Response::new(pb::RenewResponse { granted, seq }))
+    }
+
+    #[instrument(skip_all, fields(revision = req.get_ref().revision))]
+    async fn set_managers(
+        &self,
+        req: Request<pb::SetManagersRequest>,
+    ) -> Result<Response<pb::SetManagersResponse>, Status> {
+        let r = req.into_inner();
+        let applied = self.node.leases().set_required(r.revision, r.managers);
+        Ok(Response::new(pb::SetManagersResponse { applied }))
     }
 
     #[instrument(skip_all, fields(version = req.get_ref().version))]

@@ -40,6 +40,19 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_CLUSTER_NAME", default_value = "default")]
     pub cluster_name: String,
 
+    /// Read lease this manager grants each data node (with --etcd): a
+    /// node answers consistent reads only while it holds one from every
+    /// registered manager, so a write that could not reach a replica
+    /// waits at most this long before it is acknowledged.
+    #[arg(long, env = "MANAGER_LEASE", default_value = "2s", value_parser = parse_nonzero_duration)]
+    pub lease: Duration,
+
+    /// Near-cache staleness bound: values learned from a node are served
+    /// only while this manager has applied every event the node published
+    /// up to this long ago (measured with a probe every 100 ms).
+    #[arg(long, env = "MANAGER_NEAR_CACHE_MAX_LAG", default_value = "250ms", value_parser = parse_nonzero_duration)]
+    pub near_cache_max_lag: Duration,
+
     /// Data nodes to run inside the manager when --nodes is not given.
     #[arg(long, env = "MANAGER_EMBEDDED_NODES", default_value_t = 3)]
     pub embedded_nodes: usize,

@@ -85,12 +85,20 @@ async fn session(
         return Err(e);
     }
     if cluster.managed() {
-        // A restarted node forgot the placement version: tell it before it
-        // is admitted, so ops routed by an older one are refused again.
+        // A restarted node forgot the placement version and the registered
+        // managers: tell it before it is admitted, so ops routed by an
+        // older placement are refused again and reads wait for leases.
         let version = cluster.view().version;
         if version > 0 {
             node.client
                 .set_placement(version)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let (revision, managers) = cluster.managers();
+        if revision > 0 {
+            node.client
+                .set_managers(revision, managers)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -103,6 +111,9 @@ async fn session(
     if from != NodeState::Syncing && !node.transition(from, NodeState::Syncing) {
         return Err("state changed while admitting".into());
     }
+    // Leases and near-cache probes for as long as this session lasts.
+    let renewals = tokio::spawn(renew(cluster.clone(), index));
+    let _stop_renewals = AbortOnDrop(renewals);
     // The repair runs beside the event loop, so heartbeats keep being
     // checked (and the event buffer drained) while a large copy goes on.
     let mut task = Box::pin(repair(cluster, index));
@@ -124,6 +135,57 @@ async fn session(
         };
         follow(&mut seq, index, &ev, listener).map_err(|e| format!("{} ({})", e, node.addr()))?;
         record(cluster, index, &ev);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renewals are sent this often (at most; a quarter of the lease if less).
+const RENEW_EVERY: Duration = Duration::from_millis(100);
+
+/// Renews this manager's read lease on node `index` (with a managed
+/// placement) and probes how far behind its event stream is (for the near
+/// cache's staleness bound), while the node is up or syncing here. A node
+/// this manager takes for down gets no renewals: its lease runs out, which
+/// is what a write that skipped it waits for.
+async fn renew(cluster: Arc<Cluster>, index: usize) {
+    let lease = cluster.lease();
+    let near = cluster.near_cache().cloned();
+    if lease.is_none() && near.is_none() {
+        return;
+    }
+    let every = lease.map_or(RENEW_EVERY, |l| RENEW_EVERY.min(l / 4));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let node = cluster.node(index);
+        if !node.writable() {
+            continue;
+        }
+        let Some(heartbeat) = node.info().heartbeat_seq else {
+            continue;
+        };
+        node.renewing();
+        let sent = tokio::time::Instant::now();
+        let r = node
+            .client
+            .renew(cluster.me(), heartbeat, lease.unwrap_or_default())
+            .await;
+        match r {
+            Ok((_, seq)) => {
+                if let Some(near) = &near {
+                    near.probed(index, seq, sent);
+                }
+            }
+            Err(e) => tracing::debug!(node = %node.addr(), error = %e, "lease renewal failed"),
+        }
     }
 }
 
@@ -341,6 +403,9 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
     };
     node.update_info(|info| {
         info.last_event = Some(Instant::now());
+        if stats.is_some() {
+            info.heartbeat_seq = Some(ev.seq);
+        }
         if !ev.instance_id.is_empty() {
             info.instance_id = Some(ev.instance_id.clone());
         }

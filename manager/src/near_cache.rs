@@ -63,6 +63,17 @@ pub struct NearCache {
     shards: Box<[Mutex<Shard>]>,
     /// Per node: sequence number of the last event applied, or `NO_STREAM`.
     applied: Box<[AtomicU64]>,
+    /// Staleness bound: values from a node are served only while this
+    /// manager has applied every event the node published up to at most
+    /// this long ago (`--near-cache-max-lag`). None: unbounded.
+    max_lag: Option<Duration>,
+    /// Per node: the latest probe (its send time, and the node's seq when
+    /// it handled it) not yet covered by applied events.
+    probes: Box<[Mutex<Option<(u64, Instant)>>]>,
+    /// Per node: every event the node published before this instant has
+    /// been applied (microseconds since `epoch`; 0: never).
+    fresh: Box<[AtomicU64]>,
+    epoch: Instant,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -85,9 +96,53 @@ impl NearCache {
                     })
                     .collect(),
             applied: (0..nodes).map(|_| AtomicU64::new(NO_STREAM)).collect(),
+            max_lag: None,
+            probes: (0..nodes).map(|_| Mutex::new(None)).collect(),
+            fresh: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// Serves a node's values only while its event stream is known to be
+    /// at most `lag` behind (see [`NearCache::probed`]).
+    pub fn with_max_lag(mut self, lag: Duration) -> Self {
+        self.max_lag = Some(lag);
+        self
+    }
+
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64 + 1
+    }
+
+    /// Node `node` handled a probe sent at `sent` when its latest event was
+    /// `seq`: once events up to `seq` are applied, everything it published
+    /// before `sent` has been seen here.
+    pub fn probed(&self, node: usize, seq: u64, sent: Instant) {
+        let (Some(applied), Some(probe)) = (self.applied.get(node), self.probes.get(node)) else {
+            return;
+        };
+        let mut p = lock(probe);
+        let a = applied.load(Ordering::SeqCst);
+        if a != NO_STREAM && a >= seq {
+            self.fresh[node].fetch_max(self.micros(sent), Ordering::SeqCst);
+            *p = None;
+        } else {
+            *p = Some((seq, sent));
+        }
+    }
+
+    /// Whether values from `node` may be served now.
+    fn servable(&self, node: usize) -> bool {
+        let Some(lag) = self.max_lag else {
+            return true;
+        };
+        let Some(fresh) = self.fresh.get(node) else {
+            return false;
+        };
+        let f = fresh.load(Ordering::SeqCst);
+        f > 0 && self.micros(Instant::now()) <= f + lag.as_micros() as u64
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
@@ -98,6 +153,9 @@ impl NearCache {
     pub fn get(&self, key: &str) -> Option<Bytes> {
         let mut shard = lock(self.shard(key));
         let found = match shard.lru.get(key) {
+            // Kept but not served while its node's stream may be behind:
+            // the invalidation of this very value may be on its way.
+            Some(e) if !self.servable(e.node) => None,
             Some(e) if e.expires.is_none_or(|t| t > Instant::now()) => Some(e.value.clone()),
             Some(_) => {
                 shard.remove(key);
@@ -214,6 +272,15 @@ impl EventListener for NearCache {
         // fill either sees the new sequence and skips, or inserted before we
         // take the lock and is removed here.
         applied.store(event.seq, Ordering::SeqCst);
+        if let Some(probe) = self.probes.get(node) {
+            let mut p = lock(probe);
+            if let Some((seq, sent)) = *p {
+                if event.seq >= seq {
+                    self.fresh[node].fetch_max(self.micros(sent), Ordering::SeqCst);
+                    *p = None;
+                }
+            }
+        }
         if let Some(pb::event::Kind::Invalidation(inv)) = &event.kind {
             if inv.cause == pb::Cause::Flush as i32 {
                 self.clear_node(node);
@@ -228,6 +295,10 @@ impl EventListener for NearCache {
     fn on_reset(&self, node: usize) {
         if let Some(applied) = self.applied.get(node) {
             applied.store(NO_STREAM, Ordering::SeqCst);
+        }
+        if let (Some(p), Some(f)) = (self.probes.get(node), self.fresh.get(node)) {
+            *lock(p) = None;
+            f.store(0, Ordering::SeqCst);
         }
         self.clear_node(node);
     }
@@ -262,6 +333,36 @@ mod tests {
 
     fn v(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn values_are_not_served_from_a_node_whose_stream_may_be_behind() {
+        let c = NearCache::new(1 << 20, 1).with_max_lag(Duration::from_millis(250));
+        c.on_event(0, &status(10));
+        c.fill("k", v("1"), 0, 10, None, c.generation("k"));
+        // No probe answered yet: nothing is known about the stream's lag.
+        assert_eq!(c.get("k"), None);
+        // A probe the node handled at seq 12; events up to 12 not applied.
+        let sent = Instant::now();
+        c.probed(0, 12, sent);
+        assert_eq!(c.get("k"), None, "events 11-12 may invalidate k");
+        c.on_event(0, &status(11));
+        assert_eq!(c.get("k"), None);
+        c.on_event(0, &status(12));
+        assert_eq!(c.get("k"), Some(v("1")));
+        // Fresh as of the probe's send time: served for max_lag after it.
+        tokio::time::advance(Duration::from_millis(240)).await;
+        assert_eq!(c.get("k"), Some(v("1")));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(c.get("k"), None, "no probe for 260 ms: the stream may lag");
+        // A probe already covered by applied events makes it fresh at once.
+        c.probed(0, 12, Instant::now());
+        assert_eq!(c.get("k"), Some(v("1")));
+        // A reset forgets freshness.
+        c.on_reset(0);
+        c.on_event(0, &status(1));
+        c.fill("k", v("2"), 0, 1, None, c.generation("k"));
+        assert_eq!(c.get("k"), None);
     }
 
     #[test]

@@ -118,10 +118,18 @@ async fn run(
         timeout: opts.node_timeout,
         auth_token: opts.auth_token.clone(),
     };
-    let mut cluster = Cluster::with_options(nodes, opts.vnodes, replicas, store.is_some(), connect);
+    // Unique per process: in containers every manager listens on the same
+    // address with the same pid.
+    let me = format!(
+        "manager-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut cluster = Cluster::with_options(nodes, opts.vnodes, replicas, store.is_some(), connect)
+        .with_identity(me.clone(), Some(opts.lease));
     let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
         Some(size) => {
-            let near = Arc::new(NearCache::new(size, MAX_NODES));
+            let near =
+                Arc::new(NearCache::new(size, MAX_NODES).with_max_lag(opts.near_cache_max_lag));
             cluster = cluster.with_near_cache(near.clone());
             near
         }
@@ -135,11 +143,16 @@ async fn run(
             cluster.clone(),
             token.clone(),
         ));
-        let me = format!(
-            "{}-{}",
-            listener.local_addr().map_err(ServeError::Http)?,
-            std::process::id()
-        );
+        tokio::spawn(placement::register(
+            store.clone(),
+            cluster.clone(),
+            token.clone(),
+        ));
+        tokio::spawn(placement::follow_managers(
+            store.clone(),
+            cluster.clone(),
+            token.clone(),
+        ));
         tokio::spawn(placement::handoff::drive(
             store.clone(),
             cluster.clone(),

@@ -567,6 +567,20 @@ impl NodeConn {
         }
     }
 
+    /// A consistent read, as a manager makes it: the raw answer (a syncing
+    /// or unleased node refuses it).
+    pub async fn consistent_get(&self, key: &str) -> ringcache_proto::pb::GetResponse {
+        self.0
+            .clone()
+            .get(ringcache_proto::pb::GetRequest {
+                key: key.to_string(),
+                consistent: true,
+            })
+            .await
+            .expect("node answers Get")
+            .into_inner()
+    }
+
     pub async fn stats(&self) -> ringcache_proto::pb::StatsResponse {
         self.0
             .clone()

@@ -12,15 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringcache_manager::ring::{Ring, DEFAULT_VNODES};
-use ringcache_tests::{wait_until_for, Api, Held, NodeConn, Proc, LONG_DEADLINE};
+use ringcache_tests::{wait_until_for, Api, Held, NodeConn, Proc, Relay, LONG_DEADLINE};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 
 fn manager(name: &str, etcd: &Proc, cluster: &str, nodes: &[&Proc]) -> Proc {
+    let list: Vec<String> = nodes.iter().map(|n| n.grpc_uri()).collect();
+    manager_at(name, etcd, cluster, &list)
+}
+
+fn manager_at(name: &str, etcd: &Proc, cluster: &str, list: &[String]) -> Proc {
     let url = etcd.grpc_uri();
-    Proc::manager(
+    Proc::manager_at(
         name,
-        nodes,
+        list,
         &[
             "--etcd",
             &url,
@@ -30,6 +35,8 @@ fn manager(name: &str, etcd: &Proc, cluster: &str, nodes: &[&Proc]) -> Proc {
             "2s",
             "--node-timeout",
             "500ms",
+            "--lease",
+            "1s",
         ],
     )
 }
@@ -314,4 +321,85 @@ async fn a_node_killed_during_hand_off_leaves_a_placement_to_roll_back_or_retry(
     }
     let held = NodeConn::connect(&node4).await.stats().await.items;
     assert!(held > keys as u64 / 4, "node4 holds {held} keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_etcd, ignore = "etcd is not installed")]
+async fn a_write_that_cannot_reach_a_replica_waits_until_that_replica_serves_no_reads() {
+    let etcd = Proc::etcd("etcd");
+    let nodes: Vec<Proc> = (1..=3)
+        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
+        .collect();
+    // manager1 reaches node2 only through a relay (the partition to come);
+    // manager2 reaches every node directly.
+    let relay = Relay::start(nodes[1].addr).await;
+    let list1 = [nodes[0].grpc_uri(), relay.uri(), nodes[2].grpc_uri()];
+    let m1 = manager_at("manager1", &etcd, "part", &list1);
+    let a = Api::new(&m1);
+    a.await_members(&["node1", "node2", "node3"]).await;
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let m2 = manager("manager2", &etcd, "part", &refs);
+    let b = Api::new(&m2);
+    b.await_members(&["node1", "node2", "node3"]).await;
+    let node2 = NodeConn::connect(&nodes[1]).await;
+    // Both managers registered, each holding a lease on node2.
+    wait_until_for(
+        "node2 to hold both managers' leases",
+        LONG_DEADLINE,
+        || async {
+            let leases = node2.stats().await.leases;
+            (leases
+                .iter()
+                .filter(|l| l.required && l.remaining_ms > 0)
+                .count()
+                == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let keys = 60;
+    for i in 0..keys {
+        assert_eq!(a.set(&format!("k{i}"), "v1").await.status, 201);
+    }
+    for i in 0..keys {
+        assert_eq!(b.get(&format!("k{i}")).await.text(), "v1");
+    }
+
+    // Cut manager1 off node2; manager2 still reaches it.
+    relay.hold();
+    let mut slowest = Duration::ZERO;
+    let mut stale = Vec::new();
+    for i in 0..keys {
+        let key = format!("k{i}");
+        let started = Instant::now();
+        let r = a.set(&key, "v2").await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+        // Acknowledged: node2 must not answer a consistent read with v1
+        // (it is unleased or syncing, or was given v2 through a peer).
+        let direct = node2.consistent_get(&key).await;
+        if direct.found && &direct.value[..] == b"v1" {
+            stale.push(format!("{key}: node2 answers v1 after v2 was acknowledged"));
+        }
+        let through = b.get(&key).await;
+        if through.text() == "v1" {
+            stale.push(format!("{key}: manager2 read v1 after v2 was acknowledged"));
+        }
+    }
+    println!("partition: slowest acknowledged write {slowest:?} (lease 1s, node timeout 500ms)");
+    assert!(stale.is_empty(), "{stale:?}");
+    relay.release();
+    // Healed: node2 is repaired and every key reads v2 through both.
+    for api in [&a, &b] {
+        api.await_members(&["node1", "node2", "node3"]).await;
+        for i in 0..keys {
+            let key = format!("k{i}");
+            let r = wait_until_for(&format!("{key} to read"), LONG_DEADLINE, || async {
+                let r = api.get(&key).await;
+                (r.status != 503).then_some(r)
+            })
+            .await;
+            assert_eq!((r.status, r.text()), (200, "v2".to_string()), "{key}");
+        }
+    }
 }

@@ -84,6 +84,9 @@ pub enum Read {
     Miss,
     /// The node is syncing and gave no answer.
     Syncing,
+    /// A registered manager's read lease on the node ran out (it may have
+    /// written without the node): no answer.
+    Unleased,
 }
 
 /// What a node did with a versioned write.
@@ -258,6 +261,8 @@ impl NodeClient {
         };
         Ok(if r.syncing {
             Read::Syncing
+        } else if r.unleased {
+            Read::Unleased
         } else if r.found {
             Read::Hit(Hit {
                 value: r.value,
@@ -387,6 +392,36 @@ impl NodeClient {
             .call(c.set_placement(self.request(pb::SetPlacementRequest { version })))
             .await?;
         Ok(r.version)
+    }
+
+    /// Renews this manager's read lease on the node, counted from the
+    /// node's heartbeat `heartbeat_seq`. Returns (granted, the node's event
+    /// seq when it handled the call).
+    pub async fn renew(
+        &self,
+        manager_id: &str,
+        heartbeat_seq: u64,
+        lease: Duration,
+    ) -> Result<(bool, u64), CallError> {
+        let mut c = self.conn().inner.clone();
+        let req = pb::RenewRequest {
+            manager_id: manager_id.to_string(),
+            heartbeat_seq,
+            lease_ms: lease.as_millis() as u64,
+        };
+        let r = self.call(c.renew(self.request(req))).await?;
+        Ok((r.granted, r.seq))
+    }
+
+    /// Tells the node which managers are registered (at `revision`).
+    pub async fn set_managers(
+        &self,
+        revision: u64,
+        managers: Vec<String>,
+    ) -> Result<bool, CallError> {
+        let mut c = self.conn().inner.clone();
+        let req = pb::SetManagersRequest { revision, managers };
+        Ok(self.call(c.set_managers(self.request(req))).await?.applied)
     }
 
     /// Opens the node's event stream. Only opening it is bounded by the

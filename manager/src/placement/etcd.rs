@@ -35,6 +35,19 @@ pub enum EtcdError {
     LeaseLost(i64),
 }
 
+/// The end of the key range of every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the key space.
+    vec![0]
+}
+
 /// A value with its etcd revision.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -110,6 +123,37 @@ impl Etcd {
         }))
     }
 
+    /// The values of every key under `name/`, and the store's revision.
+    pub async fn get_prefix(&self, name: &str) -> Result<(Vec<Vec<u8>>, i64), EtcdError> {
+        let mut kv = self.kv.clone();
+        let key = self.key(&format!("{name}/"));
+        let req = RangeRequest {
+            range_end: prefix_end(&key),
+            key,
+            ..Default::default()
+        };
+        let r = self.bounded(kv.range(req)).await?;
+        let rev = r.header.map_or(0, |h| h.revision);
+        Ok((r.kvs.into_iter().map(|kv| kv.value).collect(), rev))
+    }
+
+    /// Writes `value` to `name`, attached to `lease`.
+    pub async fn put_leased(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<(), EtcdError> {
+        let mut kv = self.kv.clone();
+        let req = PutRequest {
+            key: self.key(name),
+            value,
+            lease,
+            ..Default::default()
+        };
+        self.bounded(kv.put(req)).await.map(|_| ())
+    }
+
     /// Writes `value` to `name` if its mod revision is still `expected` (0:
     /// the key must not exist), attached to `lease` (0: none). Returns the
     /// new revision, or `None` if someone changed the key first.
@@ -176,11 +220,32 @@ impl Etcd {
         name: &str,
         from: i64,
     ) -> Result<mpsc::Receiver<(Option<Vec<u8>>, i64)>, EtcdError> {
+        self.watch_range(self.key(name), Vec::new(), from).await
+    }
+
+    /// Like [`Etcd::watch`], for every key under `name/`.
+    pub async fn watch_prefix(
+        &self,
+        name: &str,
+        from: i64,
+    ) -> Result<mpsc::Receiver<(Option<Vec<u8>>, i64)>, EtcdError> {
+        let key = self.key(&format!("{name}/"));
+        let end = prefix_end(&key);
+        self.watch_range(key, end, from).await
+    }
+
+    async fn watch_range(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        from: i64,
+    ) -> Result<mpsc::Receiver<(Option<Vec<u8>>, i64)>, EtcdError> {
         let (req_tx, req_rx) = mpsc::channel(1);
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
                 WatchCreateRequest {
-                    key: self.key(name),
+                    key,
+                    range_end,
                     start_revision: from,
                     ..Default::default()
                 },

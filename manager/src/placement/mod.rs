@@ -27,6 +27,12 @@ pub const PLACEMENT_KEY: &str = "placement";
 pub const PROGRESS_KEY: &str = "handoff";
 /// etcd key held, under a lease, by the manager that drives hand-offs.
 pub const DRIVER_KEY: &str = "driver";
+/// etcd prefix of the managers' registry (one leased key each).
+pub const MANAGERS: &str = "managers";
+/// TTL of a manager's registration: a manager that died stops holding up
+/// reads (nodes wait for a lease from every registered manager) this long
+/// after its last renewal of it.
+const REGISTRATION_TTL: Duration = Duration::from_secs(3);
 
 /// A member's part in the placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +252,16 @@ const RETRY: Duration = Duration::from_millis(200);
 /// with `--nodes`, once their ids are known. Etcd being unreachable stops
 /// nothing: routing goes on by the last placement.
 pub async fn follow(store: Etcd, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    // Learn the `--nodes` ids first (bounded), so members this manager
+    // reaches by an address of its own (another spelling, another route)
+    // are matched by id to its own connections.
+    let patience = tokio::time::Instant::now() + Duration::from_secs(3);
+    while cluster.seed_members().is_none() && tokio::time::Instant::now() < patience {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
     loop {
         let round = async {
             let current = match load(&store).await? {
@@ -298,6 +314,78 @@ pub async fn follow(store: Etcd, cluster: Arc<Cluster>, shutdown: CancellationTo
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Keeps this manager in the registry of managers (a key under a lease),
+/// re-registering when the lease is lost, until `shutdown` (which revokes
+/// it). Registration waits for the first placement and a few lease
+/// renewals, so that the nodes hold this manager's lease before they
+/// start to require it.
+pub async fn register(store: Etcd, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let mut installed = cluster.installed();
+    let _ = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = installed.wait_for(|&v| v > 0) => r.is_ok(),
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(Duration::from_millis(400)) => {}
+    }
+    while !shutdown.is_cancelled() {
+        let round = async {
+            let (lease, lost) = store.lease(REGISTRATION_TTL, shutdown.clone()).await?;
+            let key = format!("{MANAGERS}/{}", cluster.me());
+            store
+                .put_leased(&key, cluster.me().as_bytes().to_vec(), lease)
+                .await?;
+            cluster.set_registered(true);
+            tracing::info!(manager = %cluster.me(), lease, "registered in etcd");
+            lost.cancelled().await;
+            cluster.set_registered(false);
+            Err::<(), _>(EtcdError::LeaseLost(lease))
+        };
+        if let Err(e) = round.await {
+            cluster.set_registered(false);
+            if !shutdown.is_cancelled() {
+                tracing::warn!(error = %e, "registration in etcd lost; registering again");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Follows the registry of managers and pushes it to the nodes (which then
+/// answer consistent reads only with a lease from each).
+pub async fn follow_managers(store: Etcd, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    loop {
+        let round = async {
+            let (values, rev) = store.get_prefix(MANAGERS).await?;
+            let mut ids: Vec<String> = values
+                .into_iter()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .collect();
+            ids.sort();
+            cluster.set_managers(rev as u64, ids).await;
+            let mut changes = store.watch_prefix(MANAGERS, rev + 1).await?;
+            // Any change: read the whole registry again.
+            changes.recv().await;
+            Ok::<(), EtcdError>(())
+        };
+        let r = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = round => r,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "following the managers' registry; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
         }
     }
 }
