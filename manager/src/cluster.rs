@@ -12,7 +12,7 @@
 //!   miss falls over to the next, and a value found there is written back
 //!   to the replica that missed it (read repair).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub struct NodeInfo {
     pub instance_id: Option<String>,
     pub last_event: Option<Instant>,
     pub stats: Option<pb::StatsResponse>,
+    /// Seq of the latest heartbeat received (named in lease renewals).
+    pub heartbeat_seq: Option<u64>,
 }
 
 /// This manager's record that a node missed writes: from `since` on, with
@@ -89,6 +91,9 @@ pub struct NodeHandle {
     /// Cancelled when the node leaves the placement: ends its membership
     /// task; the handle stays (indices are stable) but is never used again.
     retired: CancellationToken,
+    /// When this manager last sent the node a read-lease renewal: the
+    /// node's lease from us ends before this + the lease.
+    renewed: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,7 +119,13 @@ impl NodeHandle {
             repair: Notify::new(),
             missed: Mutex::new(None),
             retired: CancellationToken::new(),
+            renewed: Mutex::new(None),
         }
+    }
+
+    /// A lease renewal is about to be sent.
+    pub(crate) fn renewing(&self) {
+        *lock(&self.renewed) = Some(Instant::now());
     }
 
     /// The node left the placement.
@@ -359,6 +370,14 @@ pub struct Cluster {
     managed: bool,
     connect: Connect,
     sessions: OnceLock<Sessions>,
+    /// This manager's id (in etcd's registry and in lease renewals).
+    me: String,
+    /// Read lease this manager grants the nodes (managed placement only).
+    lease: Option<Duration>,
+    /// Registered managers (revision, ids), as pushed to the nodes.
+    managers: Mutex<(u64, Vec<String>)>,
+    /// This manager is in etcd's registry, so nodes hold reads for it.
+    registered: AtomicBool,
 }
 
 impl Cluster {
@@ -396,11 +415,70 @@ impl Cluster {
             managed,
             connect,
             sessions: OnceLock::new(),
+            me: format!("manager-{}", std::process::id()),
+            lease: None,
+            managers: Mutex::new((0, Vec::new())),
+            registered: AtomicBool::new(false),
         };
         if !managed {
             c.rebuild_ring();
         }
         c
+    }
+
+    /// Names this manager `me` and, with a managed placement, has it grant
+    /// read leases of `lease` (docs/design/membership.md, "Partitions").
+    pub fn with_identity(mut self, me: String, lease: Option<Duration>) -> Self {
+        self.me = me;
+        self.lease = lease.filter(|_| self.managed);
+        self
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn lease(&self) -> Option<Duration> {
+        self.lease
+    }
+
+    /// Records whether this manager is in etcd's registry.
+    pub fn set_registered(&self, yes: bool) {
+        self.registered.store(yes, Ordering::Release);
+    }
+
+    /// The registered managers at `revision`: kept and pushed to every node
+    /// (older revisions are ignored, here and by the nodes).
+    pub async fn set_managers(&self, revision: u64, managers: Vec<String>) {
+        {
+            let mut m = lock(&self.managers);
+            if revision <= m.0 {
+                return;
+            }
+            *m = (revision, managers.clone());
+        }
+        tracing::info!(revision, ?managers, "registered managers");
+        let nodes = self.nodes();
+        let pushes = nodes
+            .iter()
+            .filter(|n| !n.is_retired())
+            .map(|n| n.client.set_managers(revision, managers.clone()));
+        futures::future::join_all(pushes).await;
+    }
+
+    /// The registered managers, for a node being admitted.
+    pub(crate) fn managers(&self) -> (u64, Vec<String>) {
+        lock(&self.managers).clone()
+    }
+
+    /// Waits until node `index` can no longer hold a read lease from this
+    /// manager (it stopped renewing when the node failed).
+    async fn await_unleased(&self, index: usize) {
+        let Some(lease) = self.lease else { return };
+        let renewed = *lock(&self.node(index).renewed);
+        if let Some(at) = renewed {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at + lease)).await;
+        }
     }
 
     /// Serves reads from `near` first and fills it (see [`NearCache`]).
@@ -821,6 +899,8 @@ impl Cluster {
                     missed.push(i);
                 }
                 Ok(Read::Syncing) => node.request_repair(),
+                // Another manager lost touch with the node: ask the next.
+                Ok(Read::Unleased) => {}
                 Err(e) => {
                     if let Some(err) = self.failed(i, e) {
                         return Err(err.into());
@@ -996,10 +1076,17 @@ impl Cluster {
         if result.is_ok() {
             // Replicas that missed the write must be known to have missed
             // it, by nodes that outlive this manager, before it is
-            // acknowledged.
+            // acknowledged; and, with leases, must have stopped answering
+            // reads (another manager may still reach them).
             for &i in &targets {
                 if !nodes[i].writable() || nodes[i].missed_since().is_some() {
+                    if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
+                        // The nodes do not wait for our lease: nothing
+                        // stops a reader of the replica that missed it.
+                        return Err(ClusterError::Unavailable.into());
+                    }
                     self.await_marked(i).await;
+                    self.await_unleased(i).await;
                 }
             }
         }

@@ -58,6 +58,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A probe answered by a node: the node's seq when it handled it, and when
+/// it was sent.
+type Probe = (u64, Instant);
+
 /// A byte-bounded LRU of values read through this manager.
 pub struct NearCache {
     shards: Box<[Mutex<Shard>]>,
@@ -69,7 +73,7 @@ pub struct NearCache {
     max_lag: Option<Duration>,
     /// Per node: the latest probe (its send time, and the node's seq when
     /// it handled it) not yet covered by applied events.
-    probes: Box<[Mutex<Option<(u64, Instant)>>]>,
+    probes: Box<[Mutex<Option<Probe>>]>,
     /// Per node: every event the node published before this instant has
     /// been applied (microseconds since `epoch`; 0: never).
     fresh: Box<[AtomicU64]>,
