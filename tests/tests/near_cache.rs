@@ -34,9 +34,12 @@ async fn a_write_through_one_manager_invalidates_the_others_near_cache() {
         }
     }
     let hits_before = near_hits(&api_b).await;
+    // Most, not all: a value is not served while its node's stream is not
+    // known to be within --near-cache-max-lag (a probe answered late on a
+    // loaded machine makes a few reads go to the node).
     assert!(
-        hits_before >= keys,
-        "B's near cache served {hits_before} reads"
+        hits_before >= keys * 8 / 10,
+        "B's near cache served {hits_before} of {keys} reads"
     );
 
     let mut windows = Vec::new();
