@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by bench/warmup.sh, bench/compare.sh and bench/memory.sh (sourced,
+# Shared by bench/warmup.sh, bench/handoff.sh, bench/compare.sh and
+# bench/memory.sh (sourced,
 # not run): process bookkeeping (every process started is stopped by PID on
 # any exit), a ringcache cluster on 127.0.0.1 with ports the servers picked
 # themselves (:0, read back from their log), preloading through HTTP and
@@ -60,6 +61,8 @@ nodes_up() { cluster_json | jq '[.nodes[] | select(.state == "up")] | length' 2>
 # Sets DN_PID[i], DN_ADDR[i], DN_CMD_TAG, MGR_PID, MGR_URL, REPLICAS.
 declare -A DN_PID=() DN_ADDR=()
 DN_EXTRA=()
+# Extra manager flags (the sourcing script may set them before the call).
+MGR_EXTRA=()
 start_cluster() {
     local tag=$1 bin=$2 i addrs='' deadline up=0
     shift 2
@@ -72,7 +75,7 @@ start_cluster() {
         DN_ADDR[$i]=$(logged_addr "$tag-node$i" "${DN_PID[$i]}" "data node serving gRPC")
         addrs+=${addrs:+,}${DN_ADDR[$i]}
     done
-    spawn "$tag-manager" "$bin/manager" --listen 127.0.0.1:0 --nodes "$addrs"
+    spawn "$tag-manager" "$bin/manager" --listen 127.0.0.1:0 --nodes "$addrs" "${MGR_EXTRA[@]}"
     MGR_PID=$SPAWNED
     MGR_URL=http://$(logged_addr "$tag-manager" "$MGR_PID" "manager serving HTTP")
     deadline=$((SECONDS + 30))

@@ -153,6 +153,12 @@ async fn run(
             cluster.clone(),
             token.clone(),
         ));
+        tokio::spawn(placement::discover::run(
+            store.clone(),
+            cluster.clone(),
+            placement::discover::names(&opts.nodes),
+            token.clone(),
+        ));
         tokio::spawn(placement::handoff::drive(
             store.clone(),
             cluster.clone(),

@@ -9,6 +9,7 @@
 //!   changes it by compare-and-swap. One elected manager moves the keys
 //!   ([`handoff`]).
 
+pub mod discover;
 pub mod etcd;
 pub mod handoff;
 
