@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use ringcache_proto::pb;
 
+/// Longest lease granted.
+const MAX_LEASE: Duration = Duration::from_secs(3600);
 /// Heartbeats remembered for renewals; older ones are refused.
 const HEARTBEATS: usize = 64;
 
@@ -53,7 +55,11 @@ impl Leases {
         else {
             return false;
         };
-        let expiry = sent + lease;
+        // A lease longer than an hour is a client's mistake, not a reason
+        // to overflow.
+        let Some(expiry) = sent.checked_add(lease.min(MAX_LEASE)) else {
+            return false;
+        };
         let mut grants = lock(&self.grants);
         let e = grants.entry(manager.to_string()).or_insert(expiry);
         *e = (*e).max(expiry);

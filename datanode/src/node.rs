@@ -102,6 +102,17 @@ impl Node {
     pub fn placement(&self) -> u64 {
         self.placement.load(Ordering::Acquire)
     }
+    /// Refuses a call made by a placement older than the newest known
+    /// (a hand-off driver or a repair working from an old plan).
+    pub fn check_placement(&self, placement: u64) -> Result<(), tonic::Status> {
+        let newest = self.placement();
+        if placement != 0 && placement < newest {
+            return Err(tonic::Status::failed_precondition(format!(
+                "made by placement {placement}, but placement {newest} is current"
+            )));
+        }
+        Ok(())
+    }
     /// Raises the placement version (never lowers it); returns the newest.
     pub fn raise_placement(&self, version: u64) -> u64 {
         let prev = self.placement.fetch_max(version, Ordering::AcqRel);

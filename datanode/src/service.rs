@@ -241,6 +241,7 @@ impl DataNode for DataNodeService {
         &self,
         req: Request<pb::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
+        self.node.check_placement(req.get_ref().placement)?;
         let stream = crate::sync::start_pull(self.node.clone(), req.into_inner())
             .take_until(self.node.shutdown_token().clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
@@ -268,6 +269,7 @@ impl DataNode for DataNodeService {
         &self,
         req: Request<pb::PruneRequest>,
     ) -> Result<Response<pb::PruneResponse>, Status> {
+        self.node.check_placement(req.get_ref().placement)?;
         let removed = self
             .node
             .store()

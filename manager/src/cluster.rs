@@ -447,23 +447,27 @@ impl Cluster {
         self.registered.store(yes, Ordering::Release);
     }
 
-    /// The registered managers at `revision`: kept and pushed to every node
-    /// (older revisions are ignored, here and by the nodes).
+    /// Pushes the registered managers at `revision` to every node (older
+    /// revisions are ignored, here and by the nodes; the same one again is
+    /// harmless, and is how a push a node missed is repeated), then keeps
+    /// them: [`Cluster::managers`] names only registries already pushed.
     pub async fn set_managers(&self, revision: u64, managers: Vec<String>) {
-        {
-            let mut m = lock(&self.managers);
-            if revision <= m.0 {
-                return;
-            }
-            *m = (revision, managers.clone());
+        if revision < lock(&self.managers).0 {
+            return;
         }
-        tracing::info!(revision, ?managers, "registered managers");
         let nodes = self.nodes();
         let pushes = nodes
             .iter()
             .filter(|n| !n.is_retired())
             .map(|n| n.client.set_managers(revision, managers.clone()));
         futures::future::join_all(pushes).await;
+        let mut m = lock(&self.managers);
+        if revision > m.0 {
+            tracing::info!(revision, ?managers, "registered managers");
+        }
+        if revision >= m.0 {
+            *m = (revision, managers);
+        }
     }
 
     /// The registered managers, for a node being admitted.
@@ -614,10 +618,24 @@ impl Cluster {
         }
         let mut members = Vec::with_capacity(p.placement.members.len());
         for m in &p.placement.members {
-            members.push(self.member_node(&m.id, &m.address));
+            match self.member_node(&m.id, &m.address) {
+                Some(i) => members.push(i),
+                // Never routed to: a member this manager cannot address is
+                // left out of its rings (the others still place its keys
+                // there; requests here find its replicas missing).
+                None => return,
+            }
         }
         let nodes = self.nodes();
-        let pushes = members.iter().map(|&i| {
+        // The old members too: a node that leaves must refuse requests
+        // still routed by the placement that had it.
+        let mut told = members.clone();
+        for &i in &self.view().members {
+            if !told.contains(&i) {
+                told.push(i);
+            }
+        }
+        let pushes = told.iter().map(|&i| {
             let client = nodes[i].client.clone();
             async move { (i, client.set_placement(p.version).await) }
         });
@@ -631,9 +649,9 @@ impl Cluster {
 
     /// The index of member `id`'s handle, created (with its membership
     /// task) when new.
-    fn member_node(self: &Arc<Self>, id: &str, address: &str) -> usize {
+    fn member_node(self: &Arc<Self>, id: &str, address: &str) -> Option<usize> {
         if let Some(i) = self.index_of(id) {
-            return i;
+            return Some(i);
         }
         // A `--nodes` entry whose id is not known yet may be this member.
         let uri = crate::config::node_uri(address);
@@ -642,7 +660,7 @@ impl Cluster {
             .iter()
             .position(|n| !n.is_retired() && n.id().is_none() && n.addr() == uri)
         {
-            return i;
+            return Some(i);
         }
         let client = match NodeClient::new(
             &uri,
@@ -651,12 +669,8 @@ impl Cluster {
         ) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(%address, error = %e, "placement member has an invalid address");
-                // A client to nowhere: the node is down in this manager.
-                match NodeClient::new("http://invalid.invalid:1", self.connect.timeout, None) {
-                    Ok(c) => c,
-                    Err(_) => return usize::MAX,
-                }
+                tracing::error!(%address, error = %e, "placement member has an invalid address; placement not installed");
+                return None;
             }
         };
         let handle = Arc::new(NodeHandle::with_id(client, Some(id.to_string())));
@@ -669,7 +683,7 @@ impl Cluster {
         };
         tracing::info!(node = %uri, id, index, "node joined the placement");
         self.start_session(index);
-        index
+        Some(index)
     }
 
     fn install(&self, p: &Versioned, members: Vec<usize>) {
@@ -697,6 +711,11 @@ impl Cluster {
                 tracing::info!(node = %n.addr(), id = ?n.id(), "node left the placement");
                 n.retired.cancel();
             }
+        }
+        // A cached value may come from a node that no longer owns its key
+        // (later writes go elsewhere): start over.
+        if let Some(near) = &self.near {
+            near.clear();
         }
         self.installed.send_replace(p.version);
         tracing::info!(version = p.version, members = ?placement.members, "placement installed");
@@ -1087,6 +1106,10 @@ impl Cluster {
                     }
                     self.await_marked(i).await;
                     self.await_unleased(i).await;
+                    // Still registered (it may have lapsed while waiting).
+                    if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
+                        return Err(ClusterError::Unavailable.into());
+                    }
                 }
             }
         }

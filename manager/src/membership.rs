@@ -163,10 +163,14 @@ async fn renew(cluster: Arc<Cluster>, index: usize) {
     let every = lease.map_or(RENEW_EVERY, |l| RENEW_EVERY.min(l / 4));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
     loop {
         tick.tick().await;
         let node = cluster.node(index);
-        if !node.writable() {
+        // Only a node this manager reads from: one it takes for down, or
+        // is repairing, may lack writes this manager acknowledged, and
+        // must not answer other managers' reads on our lease.
+        if node.state() != NodeState::Up {
             continue;
         }
         let Some(heartbeat) = node.info().heartbeat_seq else {
@@ -179,7 +183,12 @@ async fn renew(cluster: Arc<Cluster>, index: usize) {
             .renew(cluster.me(), heartbeat, lease.unwrap_or_default())
             .await;
         match r {
-            Ok((_, seq)) => {
+            Ok((granted, seq)) => {
+                if !granted && lease.is_some() && !warned {
+                    warned = true;
+                    tracing::warn!(node = %node.addr(), "lease renewal refused: the heartbeat it names is \
+                        unknown to the node (is its --heartbeat-interval much longer than --lease?)");
+                }
                 if let Some(near) = &near {
                     near.probed(index, seq, sent);
                 }
@@ -350,7 +359,11 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         }
         if !peer.writable() {
             if since > 0 {
-                let dropped = node.client.prune(ranges).await.map_err(|e| e.to_string())?;
+                let dropped = node
+                    .client
+                    .prune(ranges, view.version)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::warn!(node = %node.addr(), peer = %peer.addr(), dropped,
                     "peer unreachable: dropped the shared ranges rather than serve them stale");
             }
@@ -358,7 +371,7 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         }
         let mut progress = node
             .client
-            .pull(peer.addr(), ranges, since)
+            .pull(peer.addr(), ranges, since, view.version)
             .await
             .map_err(|e| e.to_string())?;
         loop {

@@ -235,6 +235,16 @@ impl NearCache {
         shard.generation += 1;
     }
 
+    /// Drops everything (fills racing with it are refused).
+    pub fn clear(&self) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            shard.generation += 1;
+            shard.lru.clear();
+            shard.used = 0;
+        }
+    }
+
     fn clear_node(&self, node: usize) {
         for s in self.shards.iter() {
             let mut shard = lock(s);

@@ -41,8 +41,12 @@ fn manager_at(name: &str, etcd: &Proc, cluster: &str, list: &[String]) -> Proc {
     )
 }
 
-/// One writer per key set: after each acknowledged write the key is read
-/// back through the other manager and must show it. Counts violations.
+/// What a key last had acknowledged: a value, or a delete.
+const DELETED: &str = "<deleted>";
+
+/// One writer per key set (sets, and a delete every fifth round): after
+/// each acknowledged write the key is read back through the other manager
+/// and must show it. Counts violations.
 struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
@@ -59,7 +63,7 @@ impl Load {
         for (prefix, w, r) in [("a", a.clone(), b.clone()), ("b", b.clone(), a.clone())] {
             let (stop, acked, violations) = (stop.clone(), acked.clone(), violations.clone());
             tasks.push(tokio::spawn(async move {
-                // Latest acknowledged value of each key.
+                // Latest acknowledged state of each key ("": none yet).
                 let mut latest = vec![String::new(); keys];
                 let started = Instant::now();
                 let mut round = 0u64;
@@ -71,8 +75,13 @@ impl Load {
                     round += 1;
                     for (i, slot) in latest.iter_mut().enumerate() {
                         let key = format!("{prefix}{i}");
-                        let value = format!("r{round}");
-                        let s = w.set(&key, &value).await;
+                        let delete = round.is_multiple_of(5) && !slot.is_empty() && slot != DELETED;
+                        let (s, value) = if delete {
+                            (w.delete(&key).await, DELETED.to_string())
+                        } else {
+                            let value = format!("r{round}");
+                            (w.set(&key, &value).await, value)
+                        };
                         if s.status == 200 || s.status == 201 {
                             *slot = value;
                             acked.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +89,7 @@ impl Load {
                             violations
                                 .lock()
                                 .unwrap()
-                                .push(format!("{key}: set answered {}", s.status));
+                                .push(format!("{key}: write answered {}", s.status));
                         }
                         if slot.is_empty() {
                             continue;
@@ -89,7 +98,7 @@ impl Load {
                         if g.status == 503 {
                             continue;
                         }
-                        if (g.status, g.text()) != (200, slot.clone()) {
+                        if !shows(g.status, &g.text(), slot) {
                             violations.lock().unwrap().push(format!(
                                 "{key}: read {} {:?} after {:?} was acknowledged",
                                 g.status,
@@ -110,7 +119,16 @@ impl Load {
         }
     }
 
-    /// Stops the load; returns each writer's latest values and the
+    /// Waits until `more` writes were acknowledged from now on.
+    async fn progress(&self, more: u64) {
+        let start = self.acked.load(Ordering::Relaxed);
+        wait_until_for("the load to go on", LONG_DEADLINE, || async {
+            (self.acked.load(Ordering::Relaxed) >= start + more).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the load; returns each writer's latest states and the
     /// violations seen.
     async fn finish(self) -> (Vec<(String, Vec<String>)>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -123,6 +141,15 @@ impl Load {
     }
 }
 
+/// Whether a read answered (status, body) shows acknowledged state `want`.
+fn shows(status: u16, body: &str, want: &str) -> bool {
+    if want == DELETED {
+        status == 404
+    } else {
+        status == 200 && body == want
+    }
+}
+
 async fn assert_latest(api: &Api, latest: &[(String, Vec<String>)]) {
     let mut lost = Vec::new();
     for (prefix, values) in latest {
@@ -132,14 +159,14 @@ async fn assert_latest(api: &Api, latest: &[(String, Vec<String>)]) {
             }
             let key = format!("{prefix}{i}");
             let r = api.get(&key).await;
-            if (r.status, r.text()) != (200, v.clone()) {
+            if !shows(r.status, &r.text(), v) {
                 lost.push(format!("{key}: {} {:?}, want {v:?}", r.status, r.text()));
             }
         }
     }
     assert!(
         lost.is_empty(),
-        "{} keys not at their latest value: {:?}",
+        "{} keys not at their latest state: {:?}",
         lost.len(),
         &lost[..lost.len().min(10)]
     );
@@ -147,8 +174,9 @@ async fn assert_latest(api: &Api, latest: &[(String, Vec<String>)]) {
 
 /// Checks placement itself, read directly over gRPC: each key's two
 /// replicas under the ring of `members` (the managers' ring: node ids,
-/// default vnodes) hold its latest value. Reads through a manager would
-/// hide a missing copy (a miss falls over to the other replica).
+/// default vnodes) hold its latest value (or no value after a delete).
+/// Reads through a manager would hide a missing copy (a miss falls over to
+/// the other replica).
 async fn assert_placed(members: &[&Proc], latest: &[(String, Vec<String>)]) {
     let ids: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
     let ring = Ring::new(&ids, DEFAULT_VNODES);
@@ -164,16 +192,17 @@ async fn assert_placed(members: &[&Proc], latest: &[(String, Vec<String>)]) {
             }
             let key = format!("{prefix}{i}");
             for r in ring.replicas(&key, 2) {
-                match conns[r].held(&key).await {
-                    Held::Value { value, .. } if &value == v => {}
-                    other => wrong.push(format!("{key} on {}: {other:?}, want {v:?}", ids[r])),
+                match (conns[r].held(&key).await, v.as_str()) {
+                    (Held::Value { value, .. }, want) if value == want => {}
+                    (Held::Tombstone { .. } | Held::Nothing, DELETED) => {}
+                    (other, _) => wrong.push(format!("{key} on {}: {other:?}, want {v:?}", ids[r])),
                 }
             }
         }
     }
     assert!(
         wrong.is_empty(),
-        "{} replicas not holding the latest value: {:?}",
+        "{} replicas not holding the latest state: {:?}",
         wrong.len(),
         &wrong[..wrong.len().min(10)]
     );
@@ -181,7 +210,7 @@ async fn assert_placed(members: &[&Proc], latest: &[(String, Vec<String>)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
-async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
+async fn nodes_join_leave_and_rejoin_under_load_through_two_managers() {
     let etcd = Proc::etcd("etcd");
     let mut nodes: Vec<Proc> = (1..=3)
         .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
@@ -198,10 +227,7 @@ async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
     assert!(v1 > 0, "placement version {v1}");
 
     let load = Load::start(&a, &b, 150);
-    wait_until_for("load to run", LONG_DEADLINE, || async {
-        (load.acked.load(Ordering::Relaxed) > 300).then_some(())
-    })
-    .await;
+    load.progress(300).await;
 
     // Grow: a fourth node, added through one manager.
     let node4 = Proc::datanode("node4", NODE_ARGS);
@@ -217,11 +243,7 @@ async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
         handoff["keys_moved"].as_u64().unwrap_or(0) > 0,
         "hand-off progress: {handoff}"
     );
-    let before = load.acked.load(Ordering::Relaxed);
-    wait_until_for("load to go on after the join", LONG_DEADLINE, || async {
-        (load.acked.load(Ordering::Relaxed) > before + 300).then_some(())
-    })
-    .await;
+    load.progress(300).await;
     let (latest, violations) = load.finish().await;
     assert!(violations.is_empty(), "{violations:?}");
     let four: Vec<&Proc> = nodes.iter().chain([&node4]).collect();
@@ -236,20 +258,39 @@ async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
         "node4 holds {held} of {keys} keys"
     );
 
-    // Shrink: remove node2 through the other manager, then kill it.
+    // Shrink: remove node2 through the other manager, under load.
     let load = Load::start(&a, &b, 150);
+    load.progress(200).await;
     let r = b.remove_node("node2").await;
     assert_eq!(r.status, 202, "{}", r.text());
     let left = ["node1", "node3", "node4"];
     let v3 = b.await_members(&left).await;
     assert_eq!(a.await_members(&left).await, v3);
-    nodes[1].kill();
+    // node2 keeps running with the copies it had; the writes go on
+    // without it, so those copies go stale.
+    load.progress(600).await;
+
+    // Rejoin: node2 is added back with its stale copies; the hand-off must
+    // leave it the latest state of every key it owns again.
+    let r = a.add_node(&nodes[1].grpc_uri()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v4 = a.await_members(&joined).await;
+    assert_eq!(b.await_members(&joined).await, v4);
+    load.progress(300).await;
     let (latest, violations) = load.finish().await;
     assert!(violations.is_empty(), "{violations:?}");
+    let four: Vec<&Proc> = nodes.iter().chain([&node4]).collect();
+    assert_placed(&four, &latest).await;
+
+    // Leave for good, then the process dies: nothing lost.
+    let r = a.remove_node("node2").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    a.await_members(&left).await;
+    b.await_members(&left).await;
+    nodes[1].kill();
     assert_placed(&[&nodes[0], &nodes[2], &node4], &latest).await;
     assert_latest(&a, &latest).await;
     assert_latest(&b, &latest).await;
-    // The states in /cluster: no node2 left among the nodes.
     let c = a.cluster().await;
     assert!(
         !c["nodes"].to_string().contains("\"node2\""),
@@ -259,10 +300,12 @@ async fn a_node_joins_and_another_leaves_under_load_through_two_managers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
-async fn a_node_killed_during_hand_off_leaves_a_placement_to_roll_back_or_retry() {
+async fn a_node_killed_during_hand_off_leaves_a_placement_to_retry_or_roll_back() {
     let etcd = Proc::etcd("etcd");
-    // Slow copies, so the kill lands in the middle of one.
-    let args = ["--heartbeat-interval", "100ms", "--sync-rate", "256KiB"];
+    // Slow copies, so the kill lands in the middle of one: a source sends
+    // its first MiB at once, then 128 KiB/s; each source holds about 1.6 MB
+    // of node4's share.
+    let args = ["--heartbeat-interval", "100ms", "--sync-rate", "128KiB"];
     let nodes: Vec<Proc> = (1..=3)
         .map(|i| Proc::datanode(&format!("node{i}"), &args))
         .collect();
@@ -270,20 +313,23 @@ async fn a_node_killed_during_hand_off_leaves_a_placement_to_roll_back_or_retry(
     let m = manager("manager", &etcd, "kill", &refs);
     let api = Api::new(&m);
     api.await_members(&["node1", "node2", "node3"]).await;
-    let value = "x".repeat(2048);
-    let keys = 2000;
+    let value = "x".repeat(4096);
+    let keys = 1200;
     for i in 0..keys {
         let r = api.set(&format!("k{i}"), &value).await;
         assert!(r.status == 201 || r.status == 200, "k{i}: {r:?}");
     }
+    let copying = || async {
+        let h = api.cluster().await["handoff"].clone();
+        (h["keys_moved"].as_u64().unwrap_or(0) > 0 && !h["done"].as_bool().unwrap_or(true))
+            .then_some(())
+    };
+
+    // Retry: node4 is killed mid-copy and comes back (same address, empty).
     let mut node4 = Proc::datanode("node4", &args);
     let r = api.add_node(&node4.grpc_uri()).await;
     assert_eq!(r.status, 202, "{}", r.text());
-    wait_until_for("the hand-off to be copying", LONG_DEADLINE, || async {
-        let h = api.cluster().await["handoff"].clone();
-        (h["keys_moved"].as_u64().unwrap_or(0) > 0).then_some(())
-    })
-    .await;
+    wait_until_for("node4's hand-off to be copying", LONG_DEADLINE, copying).await;
     node4.kill();
     // A consistent placement: node4 still syncing, never read; every
     // acknowledged key readable; writes go on.
@@ -300,27 +346,46 @@ async fn a_node_killed_during_hand_off_leaves_a_placement_to_roll_back_or_retry(
         let r = api.set(&format!("k{i}"), "after").await;
         assert_eq!(r.status, 200, "k{i}: {}", r.text());
     }
-    // Roll back: removing the node being added drops it at once.
-    let r = api.remove_node("node4").await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    api.await_members(&["node1", "node2", "node3"]).await;
-    // Retry: the node comes back (same address, empty) and is added again.
     node4.restart("data node serving gRPC");
-    let r = api.add_node(&node4.grpc_uri()).await;
+    api.await_members(&["node1", "node2", "node3", "node4"])
+        .await;
+    let want = |i: usize| {
+        if i < 50 {
+            "after".to_string()
+        } else {
+            value.clone()
+        }
+    };
+    for i in 0..keys {
+        let r = api.get(&format!("k{i}")).await;
+        assert_eq!((r.status, r.text()), (200, want(i)), "k{i}");
+    }
+    let held = NodeConn::connect(&node4).await.stats().await.items;
+    assert!(held > keys as u64 / 4, "node4 holds {held} keys");
+
+    // Roll back: node5 is killed while it receives its share (its own
+    // warm-up or the hand-off) and removed; removing a node being added
+    // drops it at once.
+    let mut node5 = Proc::datanode("node5", &args);
+    let r = api.add_node(&node5.grpc_uri()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    node5.kill();
+    // The manager shows node5 syncing (the hand-off cannot finish now).
+    wait_until_for("node5 syncing in /cluster", LONG_DEADLINE, || async {
+        let (_, members) = api.placement().await;
+        members
+            .contains(&("node5".to_string(), "syncing".to_string()))
+            .then_some(())
+    })
+    .await;
+    let r = api.remove_node("node5").await;
     assert_eq!(r.status, 202, "{}", r.text());
     api.await_members(&["node1", "node2", "node3", "node4"])
         .await;
     for i in 0..keys {
-        let want = if i < 50 {
-            "after".to_string()
-        } else {
-            value.clone()
-        };
         let r = api.get(&format!("k{i}")).await;
-        assert_eq!((r.status, r.text()), (200, want), "k{i}");
+        assert_eq!((r.status, r.text()), (200, want(i)), "k{i}");
     }
-    let held = NodeConn::connect(&node4).await.stats().await.items;
-    assert!(held > keys as u64 / 4, "node4 holds {held} keys");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,6 +283,7 @@ async fn a_read_that_falls_over_writes_the_value_back() {
                 start: h.wrapping_sub(1),
                 end: h,
             }],
+            placement: 0,
         })
         .await
         .expect("prune");

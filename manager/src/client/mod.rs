@@ -359,10 +359,16 @@ impl NodeClient {
         Ok(r.ended)
     }
 
-    pub async fn prune(&self, ranges: Vec<pb::HashRange>) -> Result<u64, CallError> {
+    /// Drops `ranges` from the node; refused if `placement` is older than
+    /// the node's newest.
+    pub async fn prune(
+        &self,
+        ranges: Vec<pb::HashRange>,
+        placement: u64,
+    ) -> Result<u64, CallError> {
         let mut c = self.conn().inner.clone();
         let r = self
-            .call(c.prune(self.request(pb::PruneRequest { ranges })))
+            .call(c.prune(self.request(pb::PruneRequest { ranges, placement })))
             .await?;
         Ok(r.removed)
     }
@@ -375,12 +381,14 @@ impl NodeClient {
         source: &str,
         ranges: Vec<pb::HashRange>,
         since: u64,
+        placement: u64,
     ) -> Result<tonic::Streaming<pb::PullProgress>, CallError> {
         let mut c = self.conn().inner.clone();
         let req = pb::PullRequest {
             source: source.to_string(),
             ranges,
             since,
+            placement,
         };
         self.call(c.pull(Request::new(req))).await
     }

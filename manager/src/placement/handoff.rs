@@ -8,6 +8,7 @@
 //! Each step is idempotent (entries carry versions), so a hand-off cut off
 //! anywhere is simply planned and run again.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ const PULL_SILENCE: Duration = Duration::from_secs(30);
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// Longest wait for a new owner to be up in this manager before finishing.
 const SETTLE: Duration = Duration::from_secs(10);
+/// Longest wait for this manager to install the placement it published.
+const INSTALL_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What `/cluster` shows about the hand-off under way (or the last one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,11 +93,25 @@ pub async fn drive(store: Etcd, cluster: Arc<Cluster>, me: String, shutdown: Can
 /// Drives every hand-off, one placement version at a time, for ever.
 async fn run(store: &Etcd, cluster: &Arc<Cluster>, me: &str) {
     let mut installed = cluster.installed();
+    // New owners already cleared for a version: a retry must not drop
+    // what writes brought them since (a write that reached only them).
+    let mut pruned: HashSet<(u64, usize, String)> = HashSet::new();
     loop {
         let view = cluster.view();
+        pruned.retain(|p| p.0 >= view.version);
         if view.version == 0 || !view.moving() {
             let _ = tokio::time::timeout(RETRY, installed.changed()).await;
             continue;
+        }
+        // Work only from the placement etcd holds now: a driver whose view
+        // is behind (its follower has not installed the newest yet) would
+        // drop ranges from nodes that own them under the newest.
+        match super::load(store).await {
+            Ok(Some(current)) if current.version == view.version => {}
+            _ => {
+                let _ = tokio::time::timeout(RETRY, installed.changed()).await;
+                continue;
+            }
         }
         let progress = Arc::new(Mutex::new(Progress {
             version: view.version,
@@ -105,41 +122,54 @@ async fn run(store: &Etcd, cluster: &Arc<Cluster>, me: &str) {
         let r = {
             let publish = publish_while(store, &progress, started);
             tokio::select! {
-                r = hand_off(cluster, &view, &progress) => r,
+                r = hand_off(cluster, &view, &progress, &mut pruned) => r,
                 () = publish => Ok(()),
             }
         };
-        match r {
-            Ok(()) => {
-                let finished = view
-                    .placement
-                    .as_ref()
-                    .map(|p| p.finished())
-                    .unwrap_or_default();
-                match store
-                    .put_if(PLACEMENT_KEY, finished.encode(), view.version as i64, 0)
-                    .await
-                {
-                    Ok(Some(rev)) => {
-                        tracing::info!(from = view.version, to = rev, elapsed = ?started.elapsed(),
-                            "hand-off done; placement finished");
-                        update(&progress, started, |p| p.done = true);
-                    }
-                    Ok(None) => {
-                        tracing::info!("placement changed during the hand-off; planning again")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not publish the finished placement");
-                        update(&progress, started, |p| p.error = Some(e.to_string()));
-                    }
-                }
+        if let Err(e) = r {
+            tracing::warn!(error = %e, version = view.version, "hand-off failed; retrying");
+            update(&progress, started, |p| p.error = Some(e.clone()));
+            publish(store, &progress).await;
+            let _ = tokio::time::timeout(RETRY, installed.changed()).await;
+            continue;
+        }
+        let finished = view
+            .placement
+            .as_ref()
+            .map(|p| p.finished())
+            .unwrap_or_default();
+        if finished.members.is_empty() {
+            tracing::error!(
+                version = view.version,
+                "refusing to publish a placement with no node"
+            );
+            let _ = tokio::time::timeout(RETRY, installed.changed()).await;
+            continue;
+        }
+        match store
+            .put_if(PLACEMENT_KEY, finished.encode(), view.version as i64, 0)
+            .await
+        {
+            Ok(Some(rev)) => {
+                tracing::info!(from = view.version, to = rev, elapsed = ?started.elapsed(),
+                    "hand-off done; placement finished");
+                update(&progress, started, |p| p.done = true);
                 publish(store, &progress).await;
-                // Wait for the new version before planning again.
+                // Plan nothing more until this manager routes by the
+                // finished placement (or a newer one).
+                let _ = tokio::time::timeout(
+                    INSTALL_PATIENCE,
+                    installed.wait_for(|&v| v >= rev as u64),
+                )
+                .await;
+            }
+            Ok(None) => {
+                tracing::info!("placement changed during the hand-off; planning again");
                 let _ = tokio::time::timeout(RETRY, installed.changed()).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, version = view.version, "hand-off failed; retrying");
-                update(&progress, started, |p| p.error = Some(e.clone()));
+                tracing::warn!(error = %e, "could not publish the finished placement");
+                update(&progress, started, |p| p.error = Some(e.to_string()));
                 publish(store, &progress).await;
                 let _ = tokio::time::timeout(RETRY, installed.changed()).await;
             }
@@ -183,7 +213,9 @@ struct Pull {
 }
 
 /// For every node that gains keys under `view`'s new ring, the ranges it
-/// gains, each from the first old owner this manager sees up.
+/// gains, from every old owner this manager sees up: an acknowledged write
+/// may have reached only some of them (one was failing), and versions keep
+/// the newest of the copies.
 fn plan(cluster: &Cluster, view: &RingView) -> Result<Vec<Pull>, String> {
     let n = cluster.replicas();
     let nodes = cluster.nodes();
@@ -206,7 +238,7 @@ fn plan(cluster: &Cluster, view: &RingView) -> Result<Vec<Pull>, String> {
         }
         for from in 0..view.members.len() {
             let ranges: Vec<pb::HashRange> = arcs_where_both(&view.read, &view.write, n, |o, w| {
-                gains(o, w) && source(o) == Some(from)
+                gains(o, w) && o.contains(&from) && up(from)
             })
             .into_iter()
             .map(|(start, end)| pb::HashRange { start, end })
@@ -232,6 +264,7 @@ async fn hand_off(
     cluster: &Cluster,
     view: &RingView,
     progress: &Mutex<Progress>,
+    pruned: &mut HashSet<(u64, usize, String)>,
 ) -> Result<(), String> {
     let pulls = plan(cluster, view)?;
     let nodes = cluster.nodes();
@@ -244,47 +277,71 @@ async fn hand_off(
     let mut instances = Vec::new();
     for &t in &targets {
         let stats = nodes[t].client.stats().await.map_err(|e| e.to_string())?;
-        instances.push(stats.instance_id);
-        let gained: Vec<pb::HashRange> = pulls
+        instances.push(stats.instance_id.clone());
+        if !pruned.insert((view.version, t, stats.instance_id)) {
+            continue;
+        }
+        let mut gained: Vec<pb::HashRange> = pulls
             .iter()
             .filter(|p| p.to == t)
             .flat_map(|p| p.ranges.iter().cloned())
             .collect();
+        gained.sort_by_key(|r| (r.start, r.end));
+        gained.dedup();
         let dropped = nodes[t]
             .client
-            .prune(gained)
+            .prune(gained, view.version)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(node = %nodes[t].addr(), dropped, "new owner cleared its gained ranges");
     }
-    let (mut keys, mut bytes) = (0, 0);
-    for pull in &pulls {
-        let (to, from) = (&nodes[pull.to], &nodes[pull.from]);
-        tracing::info!(to = %to.addr(), from = %from.addr(), ranges = pull.ranges.len(), "hand-off pull");
-        let mut stream = to
-            .client
-            .pull(from.addr(), pull.ranges.clone(), 0)
-            .await
-            .map_err(|e| format!("pull to {} from {}: {e}", to.addr(), from.addr()))?;
-        loop {
-            let msg = match tokio::time::timeout(PULL_SILENCE, stream.message()).await {
-                Err(_) => return Err(format!("pull to {} went silent", to.addr())),
-                Ok(Err(status)) => return Err(format!("pull to {} failed: {status}", to.addr())),
-                Ok(Ok(None)) => return Err(format!("pull to {} ended early", to.addr())),
-                Ok(Ok(Some(p))) => p,
-            };
-            update(progress, started, |p| {
-                p.keys_moved = keys + msg.keys_copied;
-                p.bytes_moved = bytes + msg.bytes_copied;
-                p.remaining = msg.to_scan.saturating_sub(msg.scanned);
-            });
-            if msg.done {
-                keys += msg.keys_copied;
-                bytes += msg.bytes_copied;
-                break;
+    // All at once: each source throttles its own scans (--sync-rate), so
+    // pulls from different sources proceed side by side.
+    let counts: Vec<Mutex<(u64, u64, u64)>> = pulls.iter().map(|_| Mutex::new((0, 0, 0))).collect();
+    let report = |k: usize, c: (u64, u64, u64)| {
+        *counts[k].lock().unwrap_or_else(|e| e.into_inner()) = c;
+        let total = counts.iter().fold((0, 0, 0), |t, c| {
+            let c = *c.lock().unwrap_or_else(|e| e.into_inner());
+            (t.0 + c.0, t.1 + c.1, t.2 + c.2)
+        });
+        update(progress, started, |p| {
+            (p.keys_moved, p.bytes_moved, p.remaining) = total;
+        });
+    };
+    let nodes_ref = &nodes;
+    let runs = pulls.iter().enumerate().map(|(k, pull)| {
+        let report = &report;
+        let nodes = nodes_ref;
+        async move {
+            let (to, from) = (&nodes[pull.to], &nodes[pull.from]);
+            tracing::info!(to = %to.addr(), from = %from.addr(), ranges = pull.ranges.len(), "hand-off pull");
+            let mut stream = to
+                .client
+                .pull(from.addr(), pull.ranges.clone(), 0, view.version)
+                .await
+                .map_err(|e| format!("pull to {} from {}: {e}", to.addr(), from.addr()))?;
+            loop {
+                let msg = match tokio::time::timeout(PULL_SILENCE, stream.message()).await {
+                    Err(_) => return Err(format!("pull to {} went silent", to.addr())),
+                    Ok(Err(status)) => return Err(format!("pull to {} failed: {status}", to.addr())),
+                    Ok(Ok(None)) => return Err(format!("pull to {} ended early", to.addr())),
+                    Ok(Ok(Some(p))) => p,
+                };
+                let left = if msg.done { 0 } else { msg.to_scan.saturating_sub(msg.scanned) };
+                report(k, (msg.keys_copied, msg.bytes_copied, left));
+                if msg.done {
+                    return Ok(());
+                }
             }
         }
+    });
+    for r in futures::future::join_all(runs).await {
+        r?;
     }
+    let (keys, bytes) = {
+        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        (p.keys_moved, p.bytes_moved)
+    };
     // Done only if every new owner is still the process that was given its
     // share, and is up (repaired of anything it missed) in this manager.
     let deadline = Instant::now() + SETTLE;

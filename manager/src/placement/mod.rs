@@ -34,6 +34,8 @@ pub const MANAGERS: &str = "managers";
 /// reads (nodes wait for a lease from every registered manager) this long
 /// after its last renewal of it.
 const REGISTRATION_TTL: Duration = Duration::from_secs(3);
+/// How often the registry is pushed to the nodes again.
+const REPUSH: Duration = Duration::from_secs(2);
 
 /// A member's part in the placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,31 +141,31 @@ impl Placement {
 
     /// Starts removing node `id`: an up node leaves after handing its share
     /// off; a syncing one (its addition not finished) is dropped at once,
-    /// which rolls the addition back (it was never read). Returns whether
-    /// anything changed.
+    /// which rolls the addition back (it was never read). Refused when no
+    /// node would own the keys afterwards. Returns whether anything
+    /// changed.
     pub fn remove(&mut self, id: &str) -> Result<bool, ChangeError> {
         let Some(pos) = self.members.iter().position(|m| m.id == id) else {
             return Err(ChangeError::UnknownId(id.to_string()));
         };
-        match self.members[pos].state {
-            MemberState::Leaving => Ok(false),
-            MemberState::Syncing => {
-                self.members.remove(pos);
-                Ok(true)
-            }
-            MemberState::Up => {
-                let owners = self
-                    .members
-                    .iter()
-                    .filter(|m| m.owns_after() && m.id != id)
-                    .count();
-                if owners == 0 {
-                    return Err(ChangeError::LastNode(id.to_string()));
-                }
-                self.members[pos].state = MemberState::Leaving;
-                Ok(true)
-            }
+        let state = self.members[pos].state;
+        if state == MemberState::Leaving {
+            return Ok(false);
         }
+        let owners = self
+            .members
+            .iter()
+            .filter(|m| m.owns_after() && m.id != id)
+            .count();
+        if owners == 0 {
+            return Err(ChangeError::LastNode(id.to_string()));
+        }
+        if state == MemberState::Syncing {
+            self.members.remove(pos);
+        } else {
+            self.members[pos].state = MemberState::Leaving;
+        }
+        Ok(true)
     }
 
     /// The placement once the hand-off is done: syncing members up,
@@ -341,6 +343,17 @@ pub async fn register(store: Etcd, cluster: Arc<Cluster>, shutdown: Cancellation
             store
                 .put_leased(&key, cluster.me().as_bytes().to_vec(), lease)
                 .await?;
+            // Registered for writes once the nodes were told (by our own
+            // follower) that reads need our lease.
+            loop {
+                if cluster.managers().1.iter().any(|m| m == cluster.me()) {
+                    break;
+                }
+                tokio::select! {
+                    _ = lost.cancelled() => return Err(EtcdError::LeaseLost(lease)),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
             cluster.set_registered(true);
             tracing::info!(manager = %cluster.me(), lease, "registered in etcd");
             lost.cancelled().await;
@@ -371,10 +384,18 @@ pub async fn follow_managers(store: Etcd, cluster: Arc<Cluster>, shutdown: Cance
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
                 .collect();
             ids.sort();
-            cluster.set_managers(rev as u64, ids).await;
+            cluster.set_managers(rev as u64, ids.clone()).await;
             let mut changes = store.watch_prefix(MANAGERS, rev + 1).await?;
-            // Any change: read the whole registry again.
-            changes.recv().await;
+            // Any change: read the whole registry again. Meanwhile the same
+            // registry is pushed again now and then, for nodes that missed it.
+            loop {
+                tokio::select! {
+                    _ = changes.recv() => break,
+                    _ = tokio::time::sleep(REPUSH) => {
+                        cluster.set_managers(rev as u64, ids.clone()).await;
+                    }
+                }
+            }
             Ok::<(), EtcdError>(())
         };
         let r = tokio::select! {
@@ -462,6 +483,11 @@ mod tests {
     fn the_last_owner_cannot_leave() {
         let mut p = Placement::of([("a".to_string(), "http://a".to_string())]);
         assert!(matches!(p.remove("a"), Err(ChangeError::LastNode(_))));
+        // Nor the node replacing a leaving one: no owner would remain.
+        p.add("d", "http://d").unwrap();
+        assert_eq!(p.remove("a"), Ok(true));
+        assert!(matches!(p.remove("d"), Err(ChangeError::LastNode(_))));
+        assert_eq!(p.finished().members.len(), 1);
     }
 
     #[test]
