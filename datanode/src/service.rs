@@ -284,11 +284,14 @@ impl DataNode for DataNodeService {
     ) -> Result<Response<pb::RenewResponse>, Status> {
         let r = req.get_ref();
         let seq = self.node.store().events().last_seq();
-        let granted = self.node.leases().renew(
-            &r.manager_id,
-            r.heartbeat_seq,
-            std::time::Duration::from_millis(r.lease_ms),
-        );
+        // A zero lease is a probe only (a manager without --etcd measuring
+        // its event stream's lag): nothing to remember.
+        let granted = r.lease_ms > 0
+            && self.node.leases().renew(
+                &r.manager_id,
+                r.heartbeat_seq,
+                std::time::Duration::from_millis(r.lease_ms),
+            );
         Ok(Response::new(pb::RenewResponse { granted, seq }))
     }
 

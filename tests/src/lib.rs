@@ -598,6 +598,8 @@ impl NodeConn {
 pub struct Relay {
     pub addr: SocketAddr,
     held: tokio::sync::watch::Sender<bool>,
+    /// Holds the server-to-client direction too (a full cut).
+    held_back: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -608,6 +610,7 @@ impl Relay {
             .expect("bind relay");
         let addr = listener.local_addr().expect("relay address");
         let (held, rx) = tokio::sync::watch::channel(false);
+        let (held_back, rx_back) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(target).await else {
@@ -635,12 +638,31 @@ impl Relay {
                         }
                     }
                 });
+                let mut rx_back = rx_back.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if rx_back.wait_for(|h| !*h).await.is_err() {
+                            break;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
                 });
             }
         });
-        Relay { addr, held, task }
+        Relay {
+            addr,
+            held,
+            held_back,
+            task,
+        }
     }
 
     pub fn uri(&self) -> String {
@@ -652,9 +674,16 @@ impl Relay {
         let _ = self.held.send(true);
     }
 
+    /// Holds both directions: nothing gets through until released.
+    pub fn cut(&self) {
+        let _ = self.held.send(true);
+        let _ = self.held_back.send(true);
+    }
+
     /// Delivers what was held, and everything after.
     pub fn release(&self) {
         let _ = self.held.send(false);
+        let _ = self.held_back.send(false);
     }
 }
 

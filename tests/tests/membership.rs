@@ -468,3 +468,84 @@ async fn a_write_that_cannot_reach_a_replica_waits_until_that_replica_serves_no_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_etcd, ignore = "etcd is not installed")]
+async fn a_manager_that_cannot_follow_the_placement_is_refused_not_served_stale() {
+    let etcd = Proc::etcd("etcd");
+    let nodes: Vec<Proc> = (1..=3)
+        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
+        .collect();
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let m1 = manager("manager1", &etcd, "fence", &refs);
+    let a = Api::new(&m1);
+    let three = ["node1", "node2", "node3"];
+    a.await_members(&three).await;
+    // manager2 reaches etcd only through a relay that will be cut.
+    let relay = Relay::start(etcd.addr).await;
+    let list: Vec<String> = refs.iter().map(|n| n.grpc_uri()).collect();
+    let m2 = Proc::manager_at(
+        "manager2",
+        &list,
+        &[
+            "--etcd",
+            &relay.uri(),
+            "--cluster-name",
+            "fence",
+            "--node-timeout",
+            "500ms",
+        ],
+    );
+    let b = Api::new(&m2);
+    b.await_members(&three).await;
+    let keys = 200;
+    for i in 0..keys {
+        assert_eq!(a.set(&format!("k{i}"), "v1").await.status, 201);
+    }
+    for i in 0..keys {
+        assert_eq!(b.get(&format!("k{i}")).await.text(), "v1");
+    }
+
+    // manager2 stops hearing from etcd; the placement moves on without it.
+    relay.cut();
+    let node4 = Proc::datanode("node4", NODE_ARGS);
+    assert_eq!(a.add_node(&node4.grpc_uri()).await.status, 202);
+    a.await_members(&["node1", "node2", "node3", "node4"]).await;
+    for i in 0..keys {
+        assert_eq!(a.set(&format!("k{i}"), "v2").await.status, 200);
+    }
+    // Every node knows the newer version, so manager2's requests, routed by
+    // the old one, are refused: it answers 503 (after --node-timeout spent
+    // trying to catch up), never v1.
+    let sample = 20;
+    let (mut refused, mut stale) = (0, Vec::new());
+    for i in 0..sample {
+        let r = b.get(&format!("k{i}")).await;
+        match (r.status, r.text().as_str()) {
+            (503, _) => refused += 1,
+            (200, "v2") => {}
+            (s, t) => stale.push(format!("k{i}: {s} {t:?}")),
+        }
+    }
+    assert!(stale.is_empty(), "{stale:?}");
+    assert_eq!(
+        refused, sample,
+        "manager2 served reads by a placement it could not confirm"
+    );
+    assert_eq!(b.set("other", "x").await.status, 503);
+
+    // Reconnected, it follows again and serves the latest values (once it
+    // has admitted node4, which it had not reached yet).
+    relay.release();
+    b.await_members(&["node1", "node2", "node3", "node4"]).await;
+    b.await_all_up().await;
+    for i in 0..keys {
+        let key = format!("k{i}");
+        let r = wait_until_for(&format!("{key} to read"), LONG_DEADLINE, || async {
+            let r = b.get(&key).await;
+            (r.status != 503).then_some(r)
+        })
+        .await;
+        assert_eq!((r.status, r.text()), (200, "v2".to_string()), "{key}");
+    }
+}
