@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::convert;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -26,7 +26,7 @@ impl DataNodeService {
     }
 }
 
-fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, Status> {
+fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, NodeError> {
     let read = node.get(&req.key, req.consistent)?;
     if req.consistent && read.is_some() && !node.leases().held() {
         return Ok(pb::GetResponse {
@@ -38,7 +38,7 @@ fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, St
     Ok(convert::read(read, node.store().events().last_seq()))
 }
 
-fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, Status> {
+fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, NodeError> {
     let (replaced, superseded, version) =
         convert::outcome(node.set(&req.key, &req.value, req.ttl_ms, req.version)?);
     Ok(pb::SetResponse {
@@ -48,7 +48,7 @@ fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, St
     })
 }
 
-fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
+fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, NodeError> {
     let (deleted, superseded, version) = convert::outcome(node.delete(&req.key, req.version)?);
     Ok(pb::DeleteResponse {
         deleted,
@@ -80,15 +80,14 @@ fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
         Some(pb::op::Op::Get(r)) => get_response(node, &r).map(R::Get),
         Some(pb::op::Op::Set(r)) => set_response(node, &r).map(R::Set),
         Some(pb::op::Op::Delete(r)) => delete_response(node, &r).map(R::Delete),
-        None => Err(Status::invalid_argument("operation missing")),
+        None => Ok(R::Error(pb::OpError {
+            code: tonic::Code::InvalidArgument as i32,
+            message: "operation missing".into(),
+            reason: pb::ErrorReason::InvalidRequest as i32,
+            placement: 0,
+        })),
     };
-    let result = result.unwrap_or_else(|s| {
-        R::Error(pb::OpError {
-            code: s.code() as i32,
-            message: s.message().to_string(),
-            ..Default::default()
-        })
-    });
+    let result = result.unwrap_or_else(|e| R::Error(e.into()));
     pb::OpResult {
         id,
         result: Some(result),
@@ -99,12 +98,16 @@ fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
 impl DataNode for DataNodeService {
     #[instrument(level = "debug", skip_all, fields(key = %req.get_ref().key))]
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        get_response(&self.node, req.get_ref()).map(Response::new)
+        get_response(&self.node, req.get_ref())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %req.get_ref().key, len = req.get_ref().value.len()))]
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        set_response(&self.node, req.get_ref()).map(Response::new)
+        set_response(&self.node, req.get_ref())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %req.get_ref().key))]
@@ -112,7 +115,9 @@ impl DataNode for DataNodeService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        delete_response(&self.node, req.get_ref()).map(Response::new)
+        delete_response(&self.node, req.get_ref())
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     #[instrument(skip_all, fields(node = %self.node.id()))]

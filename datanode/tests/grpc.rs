@@ -273,9 +273,9 @@ async fn batch_stream_answers_each_op_by_id() {
     use pb::op_result::Result as R;
     assert!(matches!(&resp.results[0].result, Some(R::Set(s)) if !s.replaced));
     assert!(matches!(&resp.results[1].result, Some(R::Get(g)) if g.found && &g.value[..] == b"x"));
-    assert!(
-        matches!(&resp.results[2].result, Some(R::Error(e)) if e.code == Code::InvalidArgument as i32)
-    );
+    assert!(matches!(&resp.results[2].result, Some(R::Error(e))
+            if e.code == Code::InvalidArgument as i32
+                && e.reason == pb::ErrorReason::InvalidRequest as i32));
     assert!(matches!(&resp.results[3].result, Some(R::Delete(d)) if d.deleted));
 }
 

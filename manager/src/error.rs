@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;
 
-use crate::client::CallError;
+use crate::client::{CallError, Refusal};
 use crate::cluster::ClusterError;
 use crate::query::QueryError;
 
@@ -43,6 +43,12 @@ impl ApiError {
                 | ClusterError::StalePlacement,
             ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Cluster(ClusterError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Cluster(ClusterError::Rejected(CallError::Refused { refusal, .. })) => {
+                match refusal {
+                    Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
+                    Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                }
+            }
             ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
                 match status.code() {
                     Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
@@ -62,6 +68,9 @@ impl IntoResponse for ApiError {
             // A refusal carries the node's own one-line reason.
             ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
                 status.message().to_string()
+            }
+            ApiError::Cluster(ClusterError::Rejected(CallError::Refused { message, .. })) => {
+                message.clone()
             }
             other => other.to_string(),
         };

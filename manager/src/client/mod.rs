@@ -33,6 +33,14 @@ pub enum CallError {
     Status { node: String, status: Status },
     #[error("the auth token must be printable ASCII")]
     BadToken,
+    /// The node refused this request for what it is (the same request
+    /// would be refused by any node): not a node failure.
+    #[error("{message}")]
+    Refused {
+        node: String,
+        refusal: Refusal,
+        message: String,
+    },
     /// The op was routed by an older placement than the node knows of.
     #[error("node {node} knows placement {newest}, newer than the one this request was routed by")]
     StalePlacement { node: String, newest: u64 },
@@ -50,7 +58,8 @@ impl CallError {
     pub fn is_node_failure(&self) -> bool {
         match self {
             CallError::Timeout { .. } | CallError::Address { .. } | CallError::BadToken => true,
-            CallError::StalePlacement { .. } => false,
+            CallError::StalePlacement { .. } | CallError::Refused { .. } => false,
+            // Unary calls and nodes that send no reason: by code.
             CallError::Status { status, .. } => !matches!(
                 status.code(),
                 Code::InvalidArgument
@@ -62,6 +71,15 @@ impl CallError {
             ),
         }
     }
+}
+
+/// Why a node refused a request (from the op's typed reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Bad key or missing op: HTTP 400.
+    InvalidRequest,
+    /// Larger than the node's limits: HTTP 413.
+    TooLarge,
 }
 
 /// A found value.
@@ -230,15 +248,23 @@ impl NodeClient {
     }
 
     fn op_error(&self, e: pb::OpError) -> CallError {
-        if e.reason == pb::ErrorReason::StalePlacement as i32 {
-            return CallError::StalePlacement {
-                node: self.addr.clone(),
+        let node = self.addr.clone();
+        let refused = |refusal| CallError::Refused {
+            node: node.clone(),
+            refusal,
+            message: e.message.clone(),
+        };
+        match pb::ErrorReason::try_from(e.reason) {
+            Ok(pb::ErrorReason::StalePlacement) => CallError::StalePlacement {
+                node,
                 newest: e.placement,
-            };
-        }
-        CallError::Status {
-            node: self.addr.clone(),
-            status: Status::new(Code::from(e.code), e.message),
+            },
+            Ok(pb::ErrorReason::InvalidRequest) => refused(Refusal::InvalidRequest),
+            Ok(pb::ErrorReason::TooLarge) => refused(Refusal::TooLarge),
+            Ok(pb::ErrorReason::Unspecified) | Err(_) => CallError::Status {
+                node,
+                status: Status::new(Code::from(e.code), e.message),
+            },
         }
     }
 
@@ -438,5 +464,58 @@ impl NodeClient {
         let mut c = self.conn().inner.clone();
         self.call(c.subscribe(Request::new(pb::SubscribeRequest {})))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op_error(reason: pb::ErrorReason, code: Code) -> pb::OpError {
+        pb::OpError {
+            code: code as i32,
+            message: "m".into(),
+            reason: reason as i32,
+            placement: 9,
+        }
+    }
+
+    #[tokio::test]
+    async fn per_op_errors_become_typed_once_and_only_transport_failures_take_a_node_out() {
+        let c = NodeClient::new("http://127.0.0.1:1", Duration::from_secs(1), None).unwrap();
+        let e = c.op_error(op_error(pb::ErrorReason::TooLarge, Code::ResourceExhausted));
+        assert!(matches!(
+            e,
+            CallError::Refused {
+                refusal: Refusal::TooLarge,
+                ..
+            }
+        ));
+        assert!(!e.is_node_failure());
+        let e = c.op_error(op_error(
+            pb::ErrorReason::InvalidRequest,
+            Code::InvalidArgument,
+        ));
+        assert!(matches!(
+            e,
+            CallError::Refused {
+                refusal: Refusal::InvalidRequest,
+                ..
+            }
+        ));
+        let e = c.op_error(op_error(
+            pb::ErrorReason::StalePlacement,
+            Code::FailedPrecondition,
+        ));
+        assert!(matches!(e, CallError::StalePlacement { newest: 9, .. }));
+        assert!(!e.is_node_failure());
+        // No reason (an older node): by code.
+        let e = c.op_error(op_error(pb::ErrorReason::Unspecified, Code::Unavailable));
+        assert!(e.is_node_failure());
+        let e = c.op_error(op_error(
+            pb::ErrorReason::Unspecified,
+            Code::InvalidArgument,
+        ));
+        assert!(!e.is_node_failure());
     }
 }
