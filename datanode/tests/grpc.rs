@@ -225,6 +225,68 @@ async fn subscribe_starts_with_status_then_numbers_every_change() {
 }
 
 #[tokio::test]
+async fn a_lagging_subscriber_gets_a_lagged_event_numbered_by_the_rule() {
+    // A buffer of 8 events, and 1000 changes in one batch (run without a
+    // break on this single-threaded runtime): the subscriber must lag.
+    let mut n = start(NodeOptions {
+        event_buffer: 8,
+        ..small()
+    })
+    .await;
+    let mut events = n
+        .client
+        .subscribe(pb::SubscribeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.message().await.unwrap().unwrap();
+    let ops = (0..1000)
+        .map(|i| pb::Op {
+            id: i,
+            op: Some(pb::op::Op::Set(set(&format!("k{i}"), b"v", 0))),
+            placement: 0,
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::BatchRequest { ops }).await.unwrap();
+    let mut out = n
+        .client
+        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    out.message().await.unwrap().unwrap();
+    // The rule (proto `Event.seq`): consecutive, except that a Lagged event
+    // carries the number of the last dropped one (previous + missed), and
+    // the event after it is consecutive to that.
+    let mut last = first.seq;
+    let mut lagged = None;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("event within deadline")
+            .unwrap()
+            .unwrap();
+        match &ev.kind {
+            Some(pb::event::Kind::Lagged(l)) => {
+                assert!(l.missed > 0);
+                assert_eq!(
+                    ev.seq,
+                    last + l.missed,
+                    "a Lagged event names the last dropped one"
+                );
+                lagged = Some(ev.seq);
+            }
+            _ => assert_eq!(ev.seq, last + 1, "after {last}"),
+        }
+        last = ev.seq;
+        if lagged.is_some_and(|l| last > l) {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn batch_stream_answers_each_op_by_id() {
     let mut n = start(small()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
