@@ -6,8 +6,9 @@
 //! capacity behind loses the oldest events and is told how many it missed
 //! (`Lagged`), so a slow manager cannot slow the hot path down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::primitives::{AtomicU64, Mutex, Ordering};
 
 use tokio::sync::broadcast;
 
@@ -99,12 +100,7 @@ impl EventBus {
     }
 }
 
-/// Locks a mutex, recovering from poisoning: the data behind these locks
-/// stays consistent even if a holder panicked, since every critical section
-/// leaves it valid between statements.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::primitives::lock;
 
 #[cfg(test)]
 mod tests {

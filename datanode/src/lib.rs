@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod lease;
 pub mod node;
+mod primitives;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -20,8 +20,9 @@
 //! numbered in the order the changes happened.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::primitives::{AtomicU64, Mutex, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1287,5 +1288,134 @@ mod tests {
             }
         }
         assert_eq!(s.stats().bytes_used, expected);
+    }
+}
+
+/// Interleavings of the store's races explored by shuttle's scheduler (run
+/// with `--features shuttle`; the plain tests above run without it).
+#[cfg(all(test, feature = "shuttle"))]
+mod schedules {
+    use super::*;
+    use shuttle::sync::Arc;
+    use shuttle::thread;
+
+    const ITERATIONS: usize = 1000;
+
+    fn store(max_memory: u64, shards: usize) -> Store {
+        let config = StoreConfig {
+            max_memory,
+            max_items: None,
+            shards,
+            tombstone_ttl: Duration::from_secs(300),
+        };
+        Store::new(&config, EventBus::new(1024))
+    }
+
+    fn write(
+        s: &Arc<Store>,
+        key: &'static str,
+        value: Option<&'static [u8]>,
+        version: u64,
+    ) -> thread::JoinHandle<()> {
+        let s = s.clone();
+        thread::spawn(move || {
+            s.apply(Write {
+                key,
+                value,
+                ttl: None,
+                version,
+            })
+            .unwrap();
+        })
+    }
+
+    #[test]
+    fn racing_versioned_writes_leave_the_highest_version_on_every_schedule() {
+        shuttle::check_random(
+            || {
+                let s = Arc::new(store(1 << 20, 2));
+                let threads = [
+                    write(&s, "k", Some(b"a"), 100),
+                    write(&s, "k", None, 200),
+                    write(&s, "k", Some(b"c"), 150),
+                ];
+                for t in threads {
+                    t.join().unwrap();
+                }
+                assert!(
+                    matches!(s.read("k"), Read::Deleted { version: 200, .. }),
+                    "{:?}",
+                    s.read("k")
+                );
+            },
+            ITERATIONS,
+        );
+    }
+
+    #[test]
+    fn writes_racing_eviction_keep_the_byte_bound_and_never_mix_values() {
+        shuttle::check_random(
+            || {
+                // Room for about three of these entries: writes evict.
+                let s = Arc::new(store(1000, 1));
+                let keys: [&'static str; 4] = ["a", "b", "c", "d"];
+                let mut threads = Vec::new();
+                for (n, k) in keys.iter().enumerate() {
+                    let value: &'static [u8] = if n % 2 == 0 {
+                        &[b'x'; 200]
+                    } else {
+                        &[b'y'; 200]
+                    };
+                    threads.push(write(&s, k, Some(value), 10 + n as u64));
+                }
+                for t in threads {
+                    t.join().unwrap();
+                }
+                let stats = s.stats();
+                assert!(stats.bytes_used <= 1000, "{} bytes used", stats.bytes_used);
+                for (n, k) in keys.iter().enumerate() {
+                    if let Some(hit) = s.get(k) {
+                        let want = if n % 2 == 0 { b'x' } else { b'y' };
+                        assert!(
+                            hit.value.iter().all(|&b| b == want),
+                            "{k} holds another value"
+                        );
+                        assert_eq!(hit.version, 10 + n as u64);
+                    }
+                }
+            },
+            ITERATIONS,
+        );
+    }
+
+    #[test]
+    fn racing_writes_publish_gapless_events_in_apply_order() {
+        shuttle::check_random(
+            || {
+                let s = Arc::new(store(1 << 20, 2));
+                let (start, mut rx) = s.events().subscribe();
+                let threads = [
+                    write(&s, "k", Some(b"1"), 1),
+                    write(&s, "j", Some(b"2"), 2),
+                    write(&s, "k", Some(b"3"), 3),
+                ];
+                for t in threads {
+                    t.join().unwrap();
+                }
+                let mut last = start;
+                let mut k_events = 0;
+                while let Ok(ev) = rx.try_recv() {
+                    assert_eq!(ev.seq, last + 1, "gap after {last}");
+                    last = ev.seq;
+                    if let EventKind::Invalidation { key, .. } = &ev.kind {
+                        k_events += usize::from(&**key == "k");
+                    }
+                }
+                // Version 1 loses to 3 when it lands second: one event then.
+                assert!((1..=2).contains(&k_events), "{k_events} events for k");
+                assert_eq!(s.get("k").map(|h| h.version), Some(3));
+            },
+            ITERATIONS,
+        );
     }
 }

@@ -11,8 +11,9 @@
 //! - [`scan_batches`]: the source side, throttled.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::primitives::{AtomicU32, AtomicU64, Mutex, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};

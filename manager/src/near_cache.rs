@@ -9,9 +9,21 @@
 //! breaks, has a gap or lags, everything it served is dropped and nothing
 //! from it is cached until a new stream starts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+// With the `shuttle` feature the locks and atomics are shuttle's, whose
+// scheduler explores their interleavings (the `schedules` tests).
+#[cfg(feature = "shuttle")]
+use shuttle::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex, MutexGuard,
+};
+#[cfg(not(feature = "shuttle"))]
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex, MutexGuard,
+};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -54,7 +66,7 @@ fn size(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -472,5 +484,120 @@ mod tests {
         assert!(items > 0 && items < 1000);
         c.fill("t", v("x"), 0, 1, Some(Duration::ZERO), c.generation("t"));
         assert_eq!(c.get("t"), None);
+    }
+}
+
+/// Interleavings of the near cache's races explored by shuttle's scheduler
+/// (run with `--features shuttle`; the plain tests above run without it).
+#[cfg(all(test, feature = "shuttle"))]
+mod schedules {
+    use super::*;
+    use shuttle::sync::Arc;
+    use shuttle::thread;
+
+    const ITERATIONS: usize = 2000;
+
+    fn invalidation(seq: u64, key: &str) -> pb::Event {
+        pb::Event {
+            seq,
+            node_id: "n".into(),
+            instance_id: String::new(),
+            kind: Some(pb::event::Kind::Invalidation(pb::Invalidation {
+                key: key.into(),
+                cause: pb::Cause::Set as i32,
+            })),
+        }
+    }
+
+    fn status(seq: u64) -> pb::Event {
+        pb::Event {
+            seq,
+            node_id: "n".into(),
+            instance_id: "i".into(),
+            kind: Some(pb::event::Kind::Status(pb::Status { stats: None })),
+        }
+    }
+
+    /// A value read at seq 10 races the node's invalidation 11 of the same
+    /// key (a write through another manager): in every order, the stale
+    /// value is not left cached.
+    #[test]
+    fn a_fill_never_outlives_the_invalidation_that_follows_its_read() {
+        shuttle::check_random(
+            || {
+                let near = Arc::new(NearCache::new(1 << 20, 1));
+                near.on_event(0, &status(10));
+                let generation = near.generation("k");
+                let filler = {
+                    let near = near.clone();
+                    thread::spawn(move || {
+                        near.fill("k", Bytes::from_static(b"old"), 0, 10, None, generation)
+                    })
+                };
+                let events = {
+                    let near = near.clone();
+                    thread::spawn(move || near.on_event(0, &invalidation(11, "k")))
+                };
+                filler.join().unwrap();
+                events.join().unwrap();
+                assert_eq!(near.get("k"), None);
+            },
+            ITERATIONS,
+        );
+    }
+
+    /// A read's fill races a write through this manager (which drops the
+    /// key locally before its node event arrives): the fill, whose read
+    /// started before the write, is refused in every order.
+    #[test]
+    fn a_fill_never_outlives_a_local_write_that_started_after_its_read() {
+        shuttle::check_random(
+            || {
+                let near = Arc::new(NearCache::new(1 << 20, 1));
+                near.on_event(0, &status(10));
+                let generation = near.generation("k");
+                let filler = {
+                    let near = near.clone();
+                    thread::spawn(move || {
+                        near.fill("k", Bytes::from_static(b"old"), 0, 10, None, generation)
+                    })
+                };
+                let writer = {
+                    let near = near.clone();
+                    thread::spawn(move || near.invalidate("k"))
+                };
+                filler.join().unwrap();
+                writer.join().unwrap();
+                assert_eq!(near.get("k"), None);
+            },
+            ITERATIONS,
+        );
+    }
+
+    /// A stream reset (gap, lag, restart) races a fill from that node: no
+    /// value from it survives the reset.
+    #[test]
+    fn a_reset_leaves_nothing_from_that_node() {
+        shuttle::check_random(
+            || {
+                let near = Arc::new(NearCache::new(1 << 20, 2));
+                near.on_event(0, &status(10));
+                let generation = near.generation("k");
+                let filler = {
+                    let near = near.clone();
+                    thread::spawn(move || {
+                        near.fill("k", Bytes::from_static(b"v"), 0, 10, None, generation)
+                    })
+                };
+                let reset = {
+                    let near = near.clone();
+                    thread::spawn(move || near.on_reset(0))
+                };
+                filler.join().unwrap();
+                reset.join().unwrap();
+                assert_eq!(near.get("k"), None);
+            },
+            ITERATIONS,
+        );
     }
 }
