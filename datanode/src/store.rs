@@ -36,9 +36,6 @@ use ringcache_common::version::Hlc;
 /// manager, which refuses what a replica could not hold).
 pub use ringcache_common::limits::ENTRY_OVERHEAD;
 
-/// How long a tombstone is kept by default.
-pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(300);
-
 /// Sizes of a store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -52,14 +49,10 @@ pub struct StoreConfig {
     pub tombstone_ttl: Duration,
 }
 
+/// The node's defaults (its flags' own: `config.rs`).
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            max_memory: ringcache_common::limits::DEFAULT_MAX_MEMORY,
-            max_items: None,
-            shards: 64,
-            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
-        }
+        crate::config::NodeOptions::default().store_config()
     }
 }
 
