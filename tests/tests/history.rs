@@ -121,8 +121,10 @@ async fn client(
     n
 }
 
-/// The register rule above, for one key. Returns the violations found.
-fn check_key(key: usize, ops: &[Op]) -> Vec<String> {
+/// The register rule above, for one key, with reads allowed to miss
+/// overwrites acknowledged less than `allowance` before they began (the
+/// near cache's staleness bound; zero without it). Returns the violations.
+fn check_key(key: usize, ops: &[Op], allowance: Duration) -> Vec<String> {
     let mut bad = Vec::new();
     let writes: Vec<&Op> = ops
         .iter()
@@ -149,7 +151,7 @@ fn check_key(key: usize, ops: &[Op]) -> Vec<String> {
                 if let Some(o) = writes.iter().find(|o| {
                     !std::ptr::eq(**o, *w)
                         && o.invoked > w_done
-                        && o.done.is_some_and(|d| d < r.invoked)
+                        && o.done.is_some_and(|d| d + allowance < r.invoked)
                 }) {
                     bad.push(format!(
                         "h{key}: read {v:?} (acknowledged at {w_done:?}) at {:?}, after {:?} was acknowledged at {:?}",
@@ -195,6 +197,24 @@ async fn all_up(apis: &[ringcache_tests::Api]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_soak_history_has_no_stale_read() {
+    soak(&[], Duration::ZERO).await;
+}
+
+/// The same with near caches on both managers: a read may miss an
+/// overwrite through the other manager for at most the near cache's
+/// staleness bound (`--near-cache-max-lag`), never longer, faults included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_soak_with_near_caches_stays_within_their_staleness_bound() {
+    let lag = Duration::from_millis(250);
+    soak(
+        &["--near-cache", "16MiB", "--near-cache-max-lag", "250ms"],
+        lag,
+    )
+    .await;
+}
+
+async fn soak(extra: &[&str], allowance: Duration) {
+    let manager_args: Vec<&str> = MANAGER_ARGS.iter().chain(extra).copied().collect();
     let phase = Duration::from_secs(
         std::env::var("HISTORY_SECS")
             .ok()
@@ -205,9 +225,9 @@ async fn fault_soak_history_has_no_stale_read() {
         mut nodes,
         mut manager,
         api,
-    } = TestCluster::start(NODE_ARGS, MANAGER_ARGS).await;
+    } = TestCluster::start(NODE_ARGS, &manager_args).await;
     let refs: Vec<&Proc> = nodes.iter().collect();
-    let manager2 = Proc::manager("manager2", &refs, MANAGER_ARGS);
+    let manager2 = Proc::manager("manager2", &refs, &manager_args);
     let api2 = ringcache_tests::Api::new(&manager2);
     let apis = [api.clone(), api2.clone()];
     all_up(&apis).await;
@@ -299,7 +319,7 @@ async fn fault_soak_history_has_no_stale_read() {
                 _ => acked_writes += 1,
             }
         }
-        violations.extend(check_key(*k, ops));
+        violations.extend(check_key(*k, ops, allowance));
     }
     eprintln!(
         "history: {ops} operations in {:.1} s: {reads} reads, {acked_writes} acknowledged writes, \
@@ -337,7 +357,8 @@ fn the_checker_finds_stale_reads_and_unexplained_misses() {
     assert_eq!(
         check_key(
             0,
-            &[set("v1", 0, 1), set("v2", 2, 3), get(Some("v1"), 4, 5)]
+            &[set("v1", 0, 1), set("v2", 2, 3), get(Some("v1"), 4, 5)],
+            Duration::ZERO
         )
         .len(),
         1
@@ -345,22 +366,58 @@ fn the_checker_finds_stale_reads_and_unexplained_misses() {
     // Concurrent overwrite: either value is fine.
     assert!(check_key(
         0,
-        &[set("v1", 0, 1), set("v2", 2, 6), get(Some("v1"), 4, 5)]
+        &[set("v1", 0, 1), set("v2", 2, 6), get(Some("v1"), 4, 5)],
+        Duration::ZERO
     )
     .is_empty());
+    // Within the allowance an overwrite may be missed, not after it.
+    let near = Duration::from_millis(2);
+    assert!(check_key(
+        0,
+        &[set("v1", 0, 1), set("v2", 2, 3), get(Some("v1"), 4, 5)],
+        near
+    )
+    .is_empty());
+    assert_eq!(
+        check_key(
+            0,
+            &[set("v1", 0, 1), set("v2", 2, 3), get(Some("v1"), 6, 7)],
+            near
+        )
+        .len(),
+        1
+    );
     // Absent after an acknowledged write with no delete: a lost or stale read.
-    assert_eq!(check_key(0, &[set("v1", 0, 1), get(None, 4, 5)]).len(), 1);
+    assert_eq!(
+        check_key(0, &[set("v1", 0, 1), get(None, 4, 5)], Duration::ZERO).len(),
+        1
+    );
     // A delete explains it, even one that failed (it may have taken effect).
     let mut failed_del = del(2, 3);
     failed_del.done = None;
-    assert!(check_key(0, &[set("v1", 0, 1), failed_del, get(None, 4, 5)]).is_empty());
+    assert!(check_key(
+        0,
+        &[set("v1", 0, 1), failed_del, get(None, 4, 5)],
+        Duration::ZERO
+    )
+    .is_empty());
     // A deleted value read back after the delete was acknowledged: stale.
     assert_eq!(
-        check_key(0, &[set("v1", 0, 1), del(2, 3), get(Some("v1"), 4, 5)]).len(),
+        check_key(
+            0,
+            &[set("v1", 0, 1), del(2, 3), get(Some("v1"), 4, 5)],
+            Duration::ZERO
+        )
+        .len(),
         1
     );
     // A failed write's value may appear any time after its invocation.
     let mut failed_set = set("v3", 2, 3);
     failed_set.done = None;
-    assert!(check_key(0, &[set("v1", 0, 1), failed_set, get(Some("v3"), 8, 9)]).is_empty());
+    assert!(check_key(
+        0,
+        &[set("v1", 0, 1), failed_set, get(Some("v3"), 8, 9)],
+        Duration::ZERO
+    )
+    .is_empty());
 }

@@ -406,6 +406,8 @@ async fn a_write_that_cannot_reach_a_replica_waits_until_that_replica_serves_no_
     let m2 = manager("manager2", &etcd, "part", &refs);
     let b = Api::new(&m2);
     b.await_members(&["node1", "node2", "node3"]).await;
+    a.await_all_up().await;
+    b.await_all_up().await;
     let node2 = NodeConn::connect(&nodes[1]).await;
     // Both managers registered, each holding a lease on node2.
     wait_until_for(
@@ -498,6 +500,7 @@ async fn a_manager_that_cannot_follow_the_placement_is_refused_not_served_stale(
     );
     let b = Api::new(&m2);
     b.await_members(&three).await;
+    b.await_all_up().await;
     let keys = 200;
     for i in 0..keys {
         assert_eq!(a.set(&format!("k{i}"), "v1").await.status, 201);
