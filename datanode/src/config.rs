@@ -100,11 +100,30 @@ impl Default for NodeOptions {
 }
 
 impl NodeOptions {
+    /// Accounted bytes of the largest entry the limits accept (longest key,
+    /// largest value, with an expiry).
+    pub fn largest_entry(&self) -> u64 {
+        self.max_key_bytes as u64
+            + self.max_value_bytes as u64
+            + crate::store::ENTRY_OVERHEAD
+            + crate::store::EXPIRY_OVERHEAD
+    }
+
+    /// `--shards`, or fewer when the memory bound split that many ways
+    /// could not hold the largest entry: each shard gets an equal share of
+    /// `--max-memory`, and any value within `--max-value-bytes` must be
+    /// storable on a node whose memory can hold it.
+    pub fn effective_shards(&self) -> usize {
+        let fit = (self.max_memory / self.largest_entry().max(1)).max(1);
+        self.shards
+            .clamp(1, usize::try_from(fit).unwrap_or(usize::MAX))
+    }
+
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             max_memory: self.max_memory,
             max_items: self.max_items,
-            shards: self.shards,
+            shards: self.effective_shards(),
             tombstone_ttl: self.tombstone_ttl,
         }
     }

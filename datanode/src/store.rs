@@ -253,7 +253,7 @@ struct Shard {
 /// its element in the shard's expiry index, a `BTreeSet` of 12-byte keys
 /// with the tree's node overhead (measured: 37 bytes of RSS per entry with
 /// a TTL beyond one without, `bench/memory.sh`).
-const EXPIRY_OVERHEAD: u64 = 40;
+pub(crate) const EXPIRY_OVERHEAD: u64 = 40;
 
 fn entry_size(key: &str, value: &[u8], expires: bool) -> u64 {
     key.len() as u64
