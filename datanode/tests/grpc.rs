@@ -46,6 +46,19 @@ fn small() -> NodeOptions {
     }
 }
 
+/// Sends `ops` as one request on a new `Batch` stream; returns its answer.
+async fn one_batch(n: &mut Node, ops: Vec<pb::Op>) -> pb::BatchResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::BatchRequest { ops }).await.unwrap();
+    let mut out = n
+        .client
+        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    out.message().await.unwrap().unwrap()
+}
+
 fn set(key: &str, value: &[u8], ttl_ms: u64) -> pb::SetRequest {
     pb::SetRequest {
         key: key.into(),
@@ -247,15 +260,7 @@ async fn a_lagging_subscriber_gets_a_lagged_event_numbered_by_the_rule() {
             placement: 0,
         })
         .collect();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::BatchRequest { ops }).await.unwrap();
-    let mut out = n
-        .client
-        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    out.message().await.unwrap().unwrap();
+    one_batch(&mut n, ops).await;
     // The rule (proto `Event.seq`): consecutive, except that a Lagged event
     // carries the number of the last dropped one (previous + missed), and
     // the event after it is consecutive to that.
@@ -326,20 +331,14 @@ async fn any_value_within_the_limit_fits_a_node_whose_memory_can_hold_it() {
 #[tokio::test]
 async fn batch_stream_answers_each_op_by_id() {
     let mut n = start(small()).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut out = n
-        .client
-        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let op = |id, op| pb::Op {
         id,
         op: Some(op),
         placement: 0,
     };
-    tx.send(pb::BatchRequest {
-        ops: vec![
+    let resp = one_batch(
+        &mut n,
+        vec![
             op(7, pb::op::Op::Set(set("b", b"x", 0))),
             op(
                 8,
@@ -363,10 +362,8 @@ async fn batch_stream_answers_each_op_by_id() {
                 }),
             ),
         ],
-    })
-    .await
-    .unwrap();
-    let resp = out.message().await.unwrap().unwrap();
+    )
+    .await;
     let ids: Vec<u64> = resp.results.iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![7, 8, 9, 10]);
     use pb::op_result::Result as R;
@@ -396,24 +393,12 @@ async fn ops_routed_by_an_older_placement_are_refused_with_the_newer_version() {
         .unwrap()
         .into_inner();
     assert_eq!(lower.version, 7);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut out = n
-        .client
-        .batch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let op = |id, placement| pb::Op {
         id,
         op: Some(pb::op::Op::Set(set("k", b"v", 0))),
         placement,
     };
-    tx.send(pb::BatchRequest {
-        ops: vec![op(1, 6), op(2, 7), op(3, 0), op(4, 8)],
-    })
-    .await
-    .unwrap();
-    let resp = out.message().await.unwrap().unwrap();
+    let resp = one_batch(&mut n, vec![op(1, 6), op(2, 7), op(3, 0), op(4, 8)]).await;
     use pb::op_result::Result as R;
     match &resp.results[0].result {
         Some(R::Error(e)) => {

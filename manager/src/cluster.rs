@@ -871,8 +871,18 @@ impl Cluster {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
         }
+        self.routed(|| self.get_once(key)).await
+    }
+
+    /// Runs `attempt` (one request routed by the current placement) until
+    /// it is not refused for a stale placement, catching up with the newer
+    /// placement in between (a few times at most).
+    async fn routed<T, Fut>(&self, mut attempt: impl FnMut() -> Fut) -> Result<T, ClusterError>
+    where
+        Fut: std::future::Future<Output = Result<T, Routed>>,
+    {
         for _ in 0..WRITE_ATTEMPTS {
-            match self.get_once(key).await {
+            match attempt().await {
                 Err(Routed::Stale(newest)) => {
                     if !self.await_placement(newest).await {
                         return Err(ClusterError::StalePlacement);
@@ -1009,18 +1019,7 @@ impl Cluster {
     }
 
     async fn write(&self, key: &str, change: Change) -> Result<bool, ClusterError> {
-        for _ in 0..WRITE_ATTEMPTS {
-            match self.write_once(key, &change).await {
-                Err(Routed::Stale(newest)) => {
-                    if !self.await_placement(newest).await {
-                        return Err(ClusterError::StalePlacement);
-                    }
-                }
-                Err(Routed::Failed(e)) => return Err(e),
-                Ok(v) => return Ok(v),
-            }
-        }
-        Err(ClusterError::StalePlacement)
+        self.routed(|| self.write_once(key, &change)).await
     }
 
     /// One write routed by the current placement.

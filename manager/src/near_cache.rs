@@ -518,86 +518,50 @@ mod schedules {
         }
     }
 
-    /// A value read at seq 10 races the node's invalidation 11 of the same
-    /// key (a write through another manager): in every order, the stale
-    /// value is not left cached.
-    #[test]
-    fn a_fill_never_outlives_the_invalidation_that_follows_its_read() {
+    /// Races a fill of "k" (read at seq 10 from node 0, generation taken
+    /// before the read) against `other`, in shuttle's schedules; after both,
+    /// the value must not be served.
+    fn race_a_fill_against(other: fn(&NearCache)) {
         shuttle::check_random(
-            || {
-                let near = Arc::new(NearCache::new(1 << 20, 1));
-                near.on_event(0, &status(10));
-                let generation = near.generation("k");
-                let filler = {
-                    let near = near.clone();
-                    thread::spawn(move || {
-                        near.fill("k", Bytes::from_static(b"old"), 0, 10, None, generation)
-                    })
-                };
-                let events = {
-                    let near = near.clone();
-                    thread::spawn(move || near.on_event(0, &invalidation(11, "k")))
-                };
-                filler.join().unwrap();
-                events.join().unwrap();
-                assert_eq!(near.get("k"), None);
-            },
-            ITERATIONS,
-        );
-    }
-
-    /// A read's fill races a write through this manager (which drops the
-    /// key locally before its node event arrives): the fill, whose read
-    /// started before the write, is refused in every order.
-    #[test]
-    fn a_fill_never_outlives_a_local_write_that_started_after_its_read() {
-        shuttle::check_random(
-            || {
-                let near = Arc::new(NearCache::new(1 << 20, 1));
-                near.on_event(0, &status(10));
-                let generation = near.generation("k");
-                let filler = {
-                    let near = near.clone();
-                    thread::spawn(move || {
-                        near.fill("k", Bytes::from_static(b"old"), 0, 10, None, generation)
-                    })
-                };
-                let writer = {
-                    let near = near.clone();
-                    thread::spawn(move || near.invalidate("k"))
-                };
-                filler.join().unwrap();
-                writer.join().unwrap();
-                assert_eq!(near.get("k"), None);
-            },
-            ITERATIONS,
-        );
-    }
-
-    /// A stream reset (gap, lag, restart) races a fill from that node: no
-    /// value from it survives the reset.
-    #[test]
-    fn a_reset_leaves_nothing_from_that_node() {
-        shuttle::check_random(
-            || {
+            move || {
                 let near = Arc::new(NearCache::new(1 << 20, 2));
                 near.on_event(0, &status(10));
                 let generation = near.generation("k");
                 let filler = {
                     let near = near.clone();
                     thread::spawn(move || {
-                        near.fill("k", Bytes::from_static(b"v"), 0, 10, None, generation)
+                        near.fill("k", Bytes::from_static(b"old"), 0, 10, None, generation)
                     })
                 };
-                let reset = {
+                let racer = {
                     let near = near.clone();
-                    thread::spawn(move || near.on_reset(0))
+                    thread::spawn(move || other(&near))
                 };
                 filler.join().unwrap();
-                reset.join().unwrap();
+                racer.join().unwrap();
                 assert_eq!(near.get("k"), None);
             },
             ITERATIONS,
         );
+    }
+
+    /// The node's invalidation 11 of the key (a write through another
+    /// manager) follows the read: the stale value is not left cached.
+    #[test]
+    fn a_fill_never_outlives_the_invalidation_that_follows_its_read() {
+        race_a_fill_against(|near| near.on_event(0, &invalidation(11, "k")));
+    }
+
+    /// A write through this manager drops the key locally before its node
+    /// event arrives: the fill, whose read started before it, is refused.
+    #[test]
+    fn a_fill_never_outlives_a_local_write_that_started_after_its_read() {
+        race_a_fill_against(|near| near.invalidate("k"));
+    }
+
+    /// A stream reset (gap, lag, restart): nothing from that node survives.
+    #[test]
+    fn a_reset_leaves_nothing_from_that_node() {
+        race_a_fill_against(|near| near.on_reset(0));
     }
 }
