@@ -24,26 +24,8 @@ WORK=$(mktemp -d /tmp/ringcache-handoff.XXXXXX)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-QUICK=${QUICK:-0}
-if [[ $QUICK == 1 ]]; then
-    KEYS=${KEYS:-50000}
-    DURATION=${DURATION:-12}
-    JOIN_AT=${JOIN_AT:-4}
-fi
-KEYS=${KEYS:-300000}
-VALUE_SIZE=${VALUE_SIZE:-100}
-CONNS=${CONNS:-16}
-DURATION=${DURATION:-30}
-SLICE=${SLICE:-2}
-JOIN_AT=${JOIN_AT:-6}
-SYNC_RATE=${SYNC_RATE:-64MiB}
-WAIT_UP=${WAIT_UP:-120}
-MAX_MEMORY=${MAX_MEMORY:-1GiB}
-BUILD=${BUILD:-1}
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-NSLICES=$(((DURATION + SLICE - 1) / SLICE))
-JOIN_SLICE=$((JOIN_AT / SLICE))
-((JOIN_SLICE >= 1 && JOIN_SLICE < NSLICES)) || die "JOIN_AT=$JOIN_AT must fall in slices 1..$((NSLICES - 1))"
+slice_options JOIN_AT
+JOIN_SLICE=$EVENT_SLICE
 
 log "hand-off bench: KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE c=$CONNS ${NSLICES}x${SLICE}s slices, join at slice $JOIN_SLICE, SYNC_RATE=$SYNC_RATE; logs in $WORK; load $(load1)"
 install_deps wrk=wrk jq=jq curl=curl etcd=etcd-server

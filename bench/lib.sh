@@ -158,3 +158,33 @@ median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
         m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f", m }'
 }
+
+# ---------------------------------------------------------------- slices
+# slice_options EVENT: the options of the scripts that run a load in slices
+# with one event in the middle (warmup.sh: a kill, handoff.sh: a join), from
+# the environment, QUICK=1 making a smoke run. EVENT names the variable of
+# the event's time (KILL_AT, JOIN_AT); sets it, EVENT_SLICE and NSLICES.
+slice_options() {
+    local event=$1
+    QUICK=${QUICK:-0}
+    if [[ $QUICK == 1 ]]; then
+        KEYS=${KEYS:-50000}
+        DURATION=${DURATION:-12}
+        printf -v "$event" '%s' "${!event:-4}"
+    fi
+    KEYS=${KEYS:-300000}
+    VALUE_SIZE=${VALUE_SIZE:-100}
+    CONNS=${CONNS:-16}
+    DURATION=${DURATION:-30}
+    SLICE=${SLICE:-2}
+    printf -v "$event" '%s' "${!event:-6}"
+    SYNC_RATE=${SYNC_RATE:-64MiB}
+    WAIT_UP=${WAIT_UP:-120}
+    MAX_MEMORY=${MAX_MEMORY:-1GiB}
+    BUILD=${BUILD:-1}
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+    NSLICES=$(((DURATION + SLICE - 1) / SLICE))
+    EVENT_SLICE=$((${!event} / SLICE))
+    ((EVENT_SLICE >= 1 && EVENT_SLICE < NSLICES)) ||
+        die "$event=${!event} must fall in slices 1..$((NSLICES - 1)) of $SLICE s"
+}

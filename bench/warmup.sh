@@ -25,27 +25,9 @@ WORK=$(mktemp -d /tmp/ringcache-warmup.XXXXXX)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-QUICK=${QUICK:-0}
-if [[ $QUICK == 1 ]]; then
-    KEYS=${KEYS:-50000}
-    DURATION=${DURATION:-12}
-    KILL_AT=${KILL_AT:-4}
-fi
-KEYS=${KEYS:-300000}
-VALUE_SIZE=${VALUE_SIZE:-100}
-CONNS=${CONNS:-16}
-DURATION=${DURATION:-30}
-SLICE=${SLICE:-2}
-KILL_AT=${KILL_AT:-6}
+slice_options KILL_AT
+KILL_SLICE=$EVENT_SLICE
 DOWN=${DOWN:-0.5}
-SYNC_RATE=${SYNC_RATE:-64MiB}
-WAIT_UP=${WAIT_UP:-120}
-MAX_MEMORY=${MAX_MEMORY:-1GiB}
-BUILD=${BUILD:-1}
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-NSLICES=$(((DURATION + SLICE - 1) / SLICE))
-KILL_SLICE=$((KILL_AT / SLICE))
-((KILL_SLICE >= 1 && KILL_SLICE < NSLICES)) || die "KILL_AT=$KILL_AT must fall in slices 1..$((NSLICES - 1)) of $SLICE s"
 
 log "warm-up bench: KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE c=$CONNS ${NSLICES}x${SLICE}s slices, kill at slice $KILL_SLICE, SYNC_RATE=$SYNC_RATE; logs in $WORK; load $(load1)"
 install_deps wrk=wrk jq=jq curl=curl
