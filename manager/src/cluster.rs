@@ -29,6 +29,8 @@ use crate::near_cache::NearCache;
 use crate::placement::{Placement, Versioned};
 use crate::ring::{arcs_where_both, Ring};
 
+/// Pause before asking again replicas that all lacked a read lease.
+const UNLEASED_RETRY: Duration = Duration::from_millis(50);
 /// Writes that lose to a newer version are sent again at most this often.
 const WRITE_ATTEMPTS: usize = 3;
 
@@ -470,6 +472,18 @@ impl Cluster {
         }
     }
 
+    /// Every node of the placement is up here and has been sent a lease
+    /// renewal (so nodes can require this manager's lease).
+    pub fn leases_granted(&self) -> bool {
+        let view = self.view();
+        let nodes = self.nodes();
+        !view.members.is_empty()
+            && view
+                .members
+                .iter()
+                .all(|&i| nodes[i].state() == NodeState::Up && lock(&nodes[i].renewed).is_some())
+    }
+
     /// The registered managers, for a node being admitted.
     pub(crate) fn managers(&self) -> (u64, Vec<String>) {
         lock(&self.managers).clone()
@@ -881,18 +895,26 @@ impl Cluster {
     where
         Fut: std::future::Future<Output = Result<T, Routed>>,
     {
-        for _ in 0..WRITE_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + self.connect.timeout;
+        let mut stale = 0;
+        loop {
             match attempt().await {
                 Err(Routed::Stale(newest)) => {
-                    if !self.await_placement(newest).await {
+                    stale += 1;
+                    if stale >= WRITE_ATTEMPTS || !self.await_placement(newest).await {
                         return Err(ClusterError::StalePlacement);
                     }
+                }
+                Err(Routed::Unleased) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ClusterError::Unavailable);
+                    }
+                    tokio::time::sleep(UNLEASED_RETRY).await;
                 }
                 Err(Routed::Failed(e)) => return Err(e),
                 Ok(v) => return Ok(v),
             }
         }
-        Err(ClusterError::StalePlacement)
     }
 
     async fn get_once(&self, key: &str) -> Result<Option<Bytes>, Routed> {
@@ -901,6 +923,7 @@ impl Cluster {
         let generation = self.near.as_ref().map(|n| n.generation(key));
         let mut missed = Vec::new();
         let mut answered = false;
+        let mut unleased = false;
         for i in view.replicas(key, self.replicas) {
             let node = &nodes[i];
             if !node.readable() {
@@ -928,8 +951,9 @@ impl Cluster {
                     missed.push(i);
                 }
                 Ok(Read::Syncing) => node.request_repair(),
-                // Another manager lost touch with the node: ask the next.
-                Ok(Read::Unleased) => {}
+                // A manager's lease on the node is missing (lost touch, or
+                // not renewed yet after the node came back): ask the next.
+                Ok(Read::Unleased) => unleased = true,
                 Err(e) => {
                     if let Some(err) = self.failed(i, e) {
                         return Err(err.into());
@@ -939,6 +963,8 @@ impl Cluster {
         }
         if answered {
             Ok(None)
+        } else if unleased {
+            Err(Routed::Unleased)
         } else {
             Err(ClusterError::Unavailable.into())
         }
@@ -1120,6 +1146,9 @@ impl Cluster {
 enum Routed {
     /// A node knows a newer placement: route again once this manager has it.
     Stale(u64),
+    /// Every replica that answered lacked a manager's read lease: usually
+    /// for the 100 ms until a node that came back is renewed; ask again.
+    Unleased,
     Failed(ClusterError),
 }
 

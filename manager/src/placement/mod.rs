@@ -34,6 +34,8 @@ pub const MANAGERS: &str = "managers";
 /// reads (nodes wait for a lease from every registered manager) this long
 /// after its last renewal of it.
 const REGISTRATION_TTL: Duration = Duration::from_secs(3);
+/// Longest wait, before registering, for leases on every node.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the registry is pushed to the nodes again.
 const REPUSH: Duration = Duration::from_secs(2);
 
@@ -332,9 +334,18 @@ pub async fn register(store: Etcd, cluster: Arc<Cluster>, shutdown: Cancellation
         _ = shutdown.cancelled() => return,
         r = installed.wait_for(|&v| v > 0) => r.is_ok(),
     };
+    // Then until this manager has renewed its lease on every node (bounded:
+    // a node down now gets renewals once it is back), and one more round.
+    let patience = tokio::time::Instant::now() + REGISTER_PATIENCE;
+    while !cluster.leases_granted() && tokio::time::Instant::now() < patience {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
     tokio::select! {
         _ = shutdown.cancelled() => return,
-        _ = tokio::time::sleep(Duration::from_millis(400)) => {}
+        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
     }
     while !shutdown.is_cancelled() {
         let round = async {
