@@ -285,6 +285,10 @@ impl RingView {
     /// membership change.
     pub fn write_targets(&self, key: &str, n: usize) -> Vec<usize> {
         let mut out = self.replicas(key, n);
+        if !self.moving {
+            // One ring: the hot path looks the key up once.
+            return out;
+        }
         for i in self.write.replicas(key, n) {
             let node = self.members[i];
             if !out.contains(&node) {
