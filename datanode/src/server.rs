@@ -38,8 +38,6 @@ pub enum ServeError {
     Addr(#[source] std::io::Error),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("--max-memory {max_memory} cannot hold one entry of the largest value accepted ({largest} bytes with key and overhead): raise --max-memory or lower --max-value-bytes")]
-    TooSmall { max_memory: u64, largest: u64 },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -52,12 +50,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Addr)?;
-    if opts.max_memory < opts.largest_entry() {
-        return Err(ServeError::TooSmall {
-            max_memory: opts.max_memory,
-            largest: opts.largest_entry(),
-        });
-    }
     if opts.effective_shards() < opts.shards {
         tracing::info!(
             shards = opts.effective_shards(),

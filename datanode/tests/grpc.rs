@@ -314,18 +314,26 @@ async fn any_value_within_the_limit_fits_a_node_whose_memory_can_hold_it() {
         .unwrap()
         .into_inner();
     assert!(got.found && got.value.len() == value.len());
-    // A memory bound that cannot hold one such entry is refused at start.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let opts = NodeOptions {
+    // A node whose whole memory is below the largest entry runs one shard:
+    // what its memory can hold fits, the rest is refused with the
+    // documented code.
+    let mut tiny = start(NodeOptions {
+        id: Some("tiny".into()),
         max_memory: 512 << 10,
         max_value_bytes: 1 << 20,
         ..NodeOptions::default()
-    };
-    let r = serve(listener, opts, async {}).await;
-    assert!(
-        matches!(r, Err(ringcache_datanode::ServeError::TooSmall { .. })),
-        "{r:?}"
-    );
+    })
+    .await;
+    tiny.client
+        .set(set("fits", &vec![1u8; 400 << 10], 0))
+        .await
+        .unwrap();
+    let e = tiny
+        .client
+        .set(set("too-big", &value, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]
