@@ -6,6 +6,8 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use ringcache_proto::pb::{self, data_node_server::DataNode};
 use tokio::sync::broadcast::error::RecvError;
+
+use crate::events::EventKind;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
@@ -146,8 +148,9 @@ impl DataNode for DataNodeService {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let node = self.node.clone();
+        let skip = req.get_ref().skip_invalidations;
         let (start, rx) = node.store().events().subscribe();
-        tracing::info!(start, peer = ?req.remote_addr(), "subscriber joined");
+        tracing::info!(start, skip_invalidations = skip, peer = ?req.remote_addr(), "subscriber joined");
         // The first event is a status snapshot carrying the sequence number
         // the subscription starts after, so the subscriber learns the
         // instance id and can detect a gap from the very next event.
@@ -163,8 +166,15 @@ impl DataNode for DataNodeService {
         };
         let rest = futures::stream::unfold(
             (rx, start, node.clone()),
-            |(mut rx, last, node)| async move {
-                let ev = match rx.recv().await {
+            move |(mut rx, last, node)| async move {
+                let ev = loop {
+                    match rx.recv().await {
+                        // Not wanted: never encoded nor sent.
+                        Ok(ev) if skip && matches!(ev.kind, EventKind::Invalidation { .. }) => {}
+                        other => break other,
+                    }
+                };
+                let ev = match ev {
                     Ok(ev) => ev,
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "subscriber lagged; events dropped for it");

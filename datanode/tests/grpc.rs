@@ -175,7 +175,7 @@ async fn subscribe_starts_with_status_then_numbers_every_change() {
     let c = &mut n.client;
     c.set(set("before", b"v", 0)).await.unwrap();
     let mut events = c
-        .subscribe(pb::SubscribeRequest {})
+        .subscribe(pb::SubscribeRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -238,6 +238,41 @@ async fn subscribe_starts_with_status_then_numbers_every_change() {
 }
 
 #[tokio::test]
+async fn a_subscriber_that_skips_invalidations_gets_status_events_only() {
+    let mut n = start(small()).await;
+    let mut events = n
+        .client
+        .subscribe(pb::SubscribeRequest {
+            skip_invalidations: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.message().await.unwrap().unwrap();
+    n.client.set(set("a", b"1", 0)).await.unwrap();
+    n.client.set(set("b", b"2", 0)).await.unwrap();
+    // Two heartbeats (100 ms apart) after the writes: nothing else between.
+    let mut statuses = 0;
+    let mut last = first.seq;
+    while statuses < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("event within deadline")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev.kind, Some(pb::event::Kind::Status(_))),
+            "{ev:?}"
+        );
+        assert!(ev.seq > last);
+        last = ev.seq;
+        statuses += 1;
+    }
+    // The writes were numbered all the same: the heartbeats skip over them.
+    assert!(last >= first.seq + 4, "{} -> {last}", first.seq);
+}
+
+#[tokio::test]
 async fn a_lagging_subscriber_gets_a_lagged_event_numbered_by_the_rule() {
     // A buffer of 8 events, and 1000 changes in one batch (run without a
     // break on this single-threaded runtime): the subscriber must lag.
@@ -248,7 +283,7 @@ async fn a_lagging_subscriber_gets_a_lagged_event_numbered_by_the_rule() {
     .await;
     let mut events = n
         .client
-        .subscribe(pb::SubscribeRequest {})
+        .subscribe(pb::SubscribeRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -433,7 +468,7 @@ async fn shutdown_ends_subscriptions_and_returns() {
     let mut n = start(small()).await;
     let mut events = n
         .client
-        .subscribe(pb::SubscribeRequest {})
+        .subscribe(pb::SubscribeRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -460,9 +460,14 @@ impl NodeClient {
 
     /// Opens the node's event stream. Only opening it is bounded by the
     /// deadline; the stream itself lives until either side ends it.
-    pub async fn subscribe(&self) -> Result<tonic::Streaming<pb::Event>, CallError> {
+    /// `skip_invalidations`: status and lag events only (nothing cached
+    /// here needs the per-write invalidations).
+    pub async fn subscribe(
+        &self,
+        skip_invalidations: bool,
+    ) -> Result<tonic::Streaming<pb::Event>, CallError> {
         let mut c = self.conn().inner.clone();
-        self.call(c.subscribe(Request::new(pb::SubscribeRequest {})))
+        self.call(c.subscribe(Request::new(pb::SubscribeRequest { skip_invalidations })))
             .await
     }
 }
