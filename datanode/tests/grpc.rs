@@ -46,6 +46,15 @@ fn small() -> NodeOptions {
     }
 }
 
+/// The node's Stats, read directly.
+async fn stats(n: &mut Node) -> pb::StatsResponse {
+    n.client
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Sends `ops` as one request on a new `Batch` stream; returns its answer.
 async fn one_batch(n: &mut Node, ops: Vec<pb::Op>) -> pb::BatchResponse {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -454,12 +463,7 @@ async fn ops_routed_by_an_older_placement_are_refused_with_the_newer_version() {
     for r in &resp.results[1..] {
         assert!(matches!(&r.result, Some(R::Set(_))), "{r:?}");
     }
-    let stats = n
-        .client
-        .stats(pb::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&mut n).await;
     assert_eq!(stats.placement, 7);
 }
 
@@ -552,12 +556,7 @@ async fn a_value_far_over_the_limit_gets_resource_exhausted_not_the_decode_error
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // Both with our wording, and nothing was stored.
-    let s = n
-        .client
-        .stats(pb::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let s = stats(&mut n).await;
     assert_eq!(s.items, 0);
 }
 
