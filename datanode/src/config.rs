@@ -101,12 +101,9 @@ impl Default for NodeOptions {
 
 impl NodeOptions {
     /// Accounted bytes of the largest entry the limits accept (longest key,
-    /// largest value, with an expiry).
+    /// largest value).
     pub fn largest_entry(&self) -> u64 {
-        self.max_key_bytes as u64
-            + self.max_value_bytes as u64
-            + crate::store::ENTRY_OVERHEAD
-            + crate::store::EXPIRY_OVERHEAD
+        self.max_key_bytes as u64 + self.max_value_bytes as u64 + crate::store::ENTRY_OVERHEAD
     }
 
     /// `--shards`, or fewer when the memory bound split that many ways

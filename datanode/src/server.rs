@@ -24,7 +24,7 @@ use crate::node::Node;
 use crate::service::DataNodeService;
 use ringcache_common::auth::RequireToken;
 
-/// Entries freed per shard lock hold by the expiry sweeper.
+/// Slots the expiry crawler examines per shard lock hold (about 1 us).
 const SWEEP_BUDGET: usize = 256;
 
 /// What a request may hold beyond one value: the manager's batches carry up

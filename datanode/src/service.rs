@@ -149,7 +149,7 @@ impl DataNode for DataNodeService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let node = self.node.clone();
         let skip = req.get_ref().skip_invalidations;
-        let (start, rx) = node.store().events().subscribe();
+        let (start, rx) = node.store().subscribe(!skip);
         tracing::info!(start, skip_invalidations = skip, peer = ?req.remote_addr(), "subscriber joined");
         // The first event is a status snapshot carrying the sequence number
         // the subscription starts after, so the subscriber learns the
@@ -160,21 +160,14 @@ impl DataNode for DataNodeService {
                 &node,
                 crate::events::NodeEvent {
                     seq: start,
-                    kind: crate::events::EventKind::Status(node.store().stats()),
+                    kind: EventKind::Status(node.store().stats()),
                 },
             )
         };
         let rest = futures::stream::unfold(
             (rx, start, node.clone()),
             move |(mut rx, last, node)| async move {
-                let ev = loop {
-                    match rx.recv().await {
-                        // Not wanted: never encoded nor sent.
-                        Ok(ev) if skip && matches!(ev.kind, EventKind::Invalidation { .. }) => {}
-                        other => break other,
-                    }
-                };
-                let ev = match ev {
+                let ev = match rx.recv().await {
                     Ok(ev) => ev,
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "subscriber lagged; events dropped for it");

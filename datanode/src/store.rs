@@ -5,8 +5,10 @@
 //! Capacity is counted in bytes (key + value + a fixed per-entry overhead,
 //! [`ENTRY_OVERHEAD`]) and optionally in entries; each shard holds an equal
 //! slice of both limits and evicts its least recently used entries to stay
-//! inside them. Entries with a TTL are also indexed by expiry time, so the
-//! sweeper removes expired entries without scanning the whole shard.
+//! inside them. Expired entries are hidden at lookup and freed by a
+//! crawler that walks the slots of shards holding entries with an expiry
+//! (memcached's LRU crawler, not an index: an index costs bytes on every
+//! entry with a TTL, the crawl costs a few nanoseconds per slot per sweep).
 //!
 //! Every entry carries a version ([`ringcache_common::version`]); a write is applied
 //! only if it is newer than the key's entry, or, for a key the shard does
@@ -19,7 +21,6 @@
 //! [`EventBus`] while the shard lock is held, so the events for one key are
 //! numbered in the order the changes happened.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::primitives::{AtomicU64, Mutex, Ordering};
@@ -29,7 +30,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::compact_lru::{CompactLru, Item};
-use crate::events::{lock, Cause, EventBus, EventKind};
+use crate::events::{lock, Cause, EventBus, EventKind, Subscription};
 use ringcache_common::version::Hlc;
 
 /// Bytes charged per entry on top of its key and value (shared with the
@@ -239,8 +240,9 @@ struct Counters {
 
 struct Shard {
     lru: CompactLru,
-    /// (expiry in store ms, slot) of every entry with a TTL or a tombstone.
-    expiries: BTreeSet<(u64, u32)>,
+    /// Entries with an expiry (a TTL, or a tombstone): the crawler skips
+    /// shards with none.
+    expiring: u64,
     used: u64,
     tombstones: u64,
     byte_limit: u64,
@@ -249,27 +251,12 @@ struct Shard {
     floor: u64,
 }
 
-/// Bytes charged on top for an entry that expires (a TTL, or a tombstone):
-/// its element in the shard's expiry index, a `BTreeSet` of 12-byte keys
-/// with the tree's node overhead (measured: 37 bytes of RSS per entry with
-/// a TTL beyond one without, `bench/memory.sh`).
-pub(crate) const EXPIRY_OVERHEAD: u64 = 40;
-
-fn entry_size(key: &str, value: &[u8], expires: bool) -> u64 {
-    key.len() as u64
-        + value.len() as u64
-        + ENTRY_OVERHEAD
-        + if expires { EXPIRY_OVERHEAD } else { 0 }
+fn entry_size(key: &str, value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
 
 fn item_size(item: &Item) -> u64 {
-    item.payload_len() as u64
-        + ENTRY_OVERHEAD
-        + if item.expires() != 0 {
-            EXPIRY_OVERHEAD
-        } else {
-            0
-        }
+    item.payload_len() as u64 + ENTRY_OVERHEAD
 }
 
 fn is_expired(item: &Item, now_ms: u64) -> bool {
@@ -294,20 +281,20 @@ fn wins_tie(new: Option<&[u8]>, cur: &Item) -> bool {
 }
 
 impl Shard {
-    /// Forgets the accounting and expiry slot of an entry just removed.
-    fn forget(&mut self, slot: u32, item: &Item) {
+    /// Forgets the accounting of an entry just removed.
+    fn forget(&mut self, item: &Item) {
         self.used -= item_size(item);
         if item.is_tombstone() {
             self.tombstones -= 1;
         }
         if item.expires() != 0 {
-            self.expiries.remove(&(item.expires(), slot));
+            self.expiring -= 1;
         }
     }
 
     /// Forgets an entry that leaves no trace: later writes must beat it.
-    fn drop_traceless(&mut self, slot: u32, item: &Item) {
-        self.forget(slot, item);
+    fn drop_traceless(&mut self, item: &Item) {
+        self.forget(item);
         self.floor = self.floor.max(item.version());
     }
 
@@ -332,7 +319,7 @@ impl Store {
             .map(|_| {
                 Mutex::new(Shard {
                     lru: CompactLru::default(),
-                    expiries: BTreeSet::new(),
+                    expiring: 0,
                     used: 0,
                     tombstones: 0,
                     byte_limit,
@@ -362,6 +349,18 @@ impl Store {
     /// The bus this store publishes on.
     pub fn events(&self) -> &EventBus {
         &self.inner.events
+    }
+
+    /// A subscription to this store's events (status only unless
+    /// `invalidations`) and the sequence number it starts after.
+    pub fn subscribe(&self, invalidations: bool) -> (u64, Subscription) {
+        // Invalidations are published under shard locks: passing through
+        // each one lets every publisher that saw no listener finish first.
+        self.inner.events.subscribe(invalidations, || {
+            for s in self.inner.shards.iter() {
+                drop(lock(s));
+            }
+        })
     }
 
     /// The store's clock: the largest version seen.
@@ -401,8 +400,8 @@ impl Store {
 
     /// Removes an expired entry found by a lookup, and says so.
     fn expire(&self, shard: &mut Shard, key: &str) {
-        if let Some((slot, item)) = shard.lru.remove(key.as_bytes()) {
-            shard.drop_traceless(slot, &item);
+        if let Some((_, item)) = shard.lru.remove(key.as_bytes()) {
+            shard.drop_traceless(&item);
             if !item.is_tombstone() {
                 self.inner
                     .counters
@@ -476,11 +475,7 @@ impl Store {
             self.inner.clock.observe(version);
             version
         };
-        let size = entry_size(
-            key,
-            value.unwrap_or_default(),
-            value.is_none() || ttl.is_some(),
-        );
+        let size = entry_size(key, value.unwrap_or_default());
         let now = self.now_ms();
         let mut shard = lock(self.shard(key));
         // (expired, version, newer, live value) of what the shard holds.
@@ -511,8 +506,8 @@ impl Store {
             // The write is newer than what this shard holds for the key, but
             // cannot be stored here: drop the older copy (as an eviction
             // would, raising the floor) so that it is never served.
-            if let Some((slot, old)) = shard.lru.remove(key.as_bytes()) {
-                shard.forget(slot, &old);
+            if let Some((_, old)) = shard.lru.remove(key.as_bytes()) {
+                shard.forget(&old);
                 self.publish(Arc::from(key), Cause::Evicted);
             }
             shard.floor = shard.floor.max(version);
@@ -527,12 +522,12 @@ impl Store {
         };
         let item = Item::new(key.as_bytes(), value, expires, version)
             .map_err(|e| StoreError::KeyTooLong { len: e.0 })?;
-        let (slot, old) = shard.lru.insert(item).map_err(|_| StoreError::Full)?;
-        if let Some((old_slot, old)) = old {
-            shard.forget(old_slot, &old);
+        let (_, old) = shard.lru.insert(item).map_err(|_| StoreError::Full)?;
+        if let Some((_, old)) = old {
+            shard.forget(&old);
         }
         if expires != 0 {
-            shard.expiries.insert((expires, slot));
+            shard.expiring += 1;
         }
         if value.is_none() {
             shard.tombstones += 1;
@@ -583,10 +578,10 @@ impl Store {
     fn evict_over_limit(&self, shard: &mut Shard, now: u64) {
         let c = &self.inner.counters;
         while shard.used > shard.byte_limit || shard.live_items() > shard.item_limit {
-            let Some((slot, item)) = shard.lru.pop_lru() else {
+            let Some((_, item)) = shard.lru.pop_lru() else {
                 break;
             };
-            shard.drop_traceless(slot, &item);
+            shard.drop_traceless(&item);
             if item.is_tombstone() {
                 continue;
             }
@@ -616,7 +611,7 @@ impl Store {
         for shard in guards.iter_mut() {
             removed += shard.live_items();
             old.push(std::mem::take(&mut shard.lru));
-            shard.expiries.clear();
+            shard.expiring = 0;
             shard.used = 0;
             shard.tombstones = 0;
             shard.floor = shard.floor.max(floor);
@@ -647,7 +642,7 @@ impl Store {
             }
             for slot in slots {
                 if let Some(item) = shard.lru.remove_slot(slot) {
-                    shard.forget(slot, &item);
+                    shard.forget(&item);
                     if !item.is_tombstone() {
                         removed += 1;
                         self.publish(key_str(&item), Cause::Evicted);
@@ -729,41 +724,41 @@ impl Store {
         (entries, examined, next)
     }
 
-    /// Removes entries whose TTL has passed, at most `budget` per shard lock
-    /// hold so that readers are never held up for long. Returns the count of
-    /// live values removed (tombstones that ran out are not counted).
+    /// Removes entries whose TTL has passed (tombstones too) in one pass
+    /// over the slots of every shard holding entries with an expiry,
+    /// examining at most `budget` slots per shard lock hold so that readers
+    /// are never held up for long. Returns the count of live values removed.
     pub fn purge_expired(&self, budget: usize) -> u64 {
         let budget = budget.max(1);
         let mut purged = 0;
+        let mut expired = Vec::new();
         for s in self.inner.shards.iter() {
+            let mut from = 0;
             loop {
                 let now = self.now_ms();
                 let mut shard = lock(s);
-                let mut n = 0;
-                while n < budget {
-                    match shard.expiries.first() {
-                        Some(&(at, _)) if at <= now => {}
-                        _ => break,
+                if shard.expiring == 0 {
+                    break;
+                }
+                expired.clear();
+                let next = shard.lru.visit_slots(from, budget, |slot, item| {
+                    if is_expired(item, now) {
+                        expired.push(slot);
                     }
-                    let Some((_, slot)) = shard.expiries.pop_first() else {
-                        break;
-                    };
+                });
+                for &slot in &expired {
                     if let Some(item) = shard.lru.remove_slot(slot) {
-                        // The expiry entry is already gone: forget the rest.
-                        shard.used -= item_size(&item);
-                        shard.floor = shard.floor.max(item.version());
-                        if item.is_tombstone() {
-                            shard.tombstones -= 1;
-                        } else {
+                        shard.drop_traceless(&item);
+                        if !item.is_tombstone() {
                             self.publish(key_str(&item), Cause::Expired);
                             purged += 1;
                         }
                     }
-                    n += 1;
                 }
                 drop(shard);
-                if n < budget {
-                    break;
+                match next {
+                    Some(n) => from = n,
+                    None => break,
                 }
             }
         }
@@ -810,7 +805,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::NodeEvent;
 
     fn store(max_memory: u64, max_items: Option<u64>, shards: usize) -> Store {
         Store::new(
@@ -824,7 +818,7 @@ mod tests {
         )
     }
 
-    fn drain(rx: &mut tokio::sync::broadcast::Receiver<NodeEvent>) -> Vec<(String, Cause)> {
+    fn drain(rx: &mut Subscription) -> Vec<(String, Cause)> {
         let mut out = Vec::new();
         while let Ok(ev) = rx.try_recv() {
             if let EventKind::Invalidation { key, cause } = ev.kind {
@@ -848,16 +842,16 @@ mod tests {
         let st = s.stats();
         // What is left is the tombstone.
         assert_eq!((st.items, st.tombstones), (0, 1));
-        assert_eq!(st.bytes_used, entry_size("k", b"", true));
+        assert_eq!(st.bytes_used, entry_size("k", b""));
         assert_eq!((st.hits, st.misses), (2, 2));
     }
 
     #[tokio::test]
     async fn evicts_least_recently_used_first() {
         // One shard, room for exactly three entries of this size.
-        let per = entry_size("k0", b"vv", false);
+        let per = entry_size("k0", b"vv");
         let s = store(3 * per, None, 1);
-        let (_, mut rx) = s.events().subscribe();
+        let (_, mut rx) = s.subscribe(true);
         for k in ["k0", "k1", "k2"] {
             s.set(k, b"vv", None).unwrap();
         }
@@ -941,7 +935,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn purge_frees_expired_entries_without_reads() {
         let s = store(1 << 20, None, 4);
-        let (_, mut rx) = s.events().subscribe();
+        let (_, mut rx) = s.subscribe(true);
         for i in 0..100 {
             s.set(&format!("t{i}"), b"v", Some(Duration::from_secs(1)))
                 .unwrap();
@@ -954,7 +948,7 @@ mod tests {
         assert_eq!(s.purge_expired(7), 100);
         let st = s.stats();
         assert_eq!(st.items, 1);
-        assert_eq!(st.bytes_used, entry_size("keep", b"v", true));
+        assert_eq!(st.bytes_used, entry_size("keep", b"v"));
         let ev = drain(&mut rx);
         assert_eq!(ev.len(), 100);
         assert!(ev.iter().all(|(_, c)| *c == Cause::Expired));
@@ -973,7 +967,7 @@ mod tests {
     #[tokio::test]
     async fn every_change_is_published_in_order() {
         let s = store(1 << 20, None, 8);
-        let (start, mut rx) = s.events().subscribe();
+        let (start, mut rx) = s.subscribe(true);
         s.set("a", b"1", None).unwrap();
         s.set("b", b"2", None).unwrap();
         s.delete("a");
@@ -1087,7 +1081,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_evicted_key_cannot_come_back_older() {
-        let per = entry_size("k0", b"vv", false);
+        let per = entry_size("k0", b"vv");
         let s = store(2 * per, None, 1);
         assert!(applied(s.apply(w("k0", Some(b"vv"), 100))));
         assert!(applied(s.apply(w("k1", Some(b"vv"), 101))));
@@ -1189,17 +1183,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_entry_that_expires_is_charged_for_its_index_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_with_a_ttl_costs_what_one_without_does() {
         let s = store(1 << 20, None, 1);
         s.set("plain", b"v", None).unwrap();
         let plain = s.stats().bytes_used;
-        s.set("ttl", b"v", Some(Duration::from_secs(60))).unwrap();
-        let both = s.stats().bytes_used;
-        assert_eq!(both - plain, plain + EXPIRY_OVERHEAD - 2);
-        // Overwriting without a TTL gives the index slot back.
-        s.set("ttl", b"v", None).unwrap();
-        assert_eq!(s.stats().bytes_used, 2 * plain - 2);
+        s.set("ttl00", b"v", Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(s.stats().bytes_used, 2 * plain);
+        // The crawl keeps count of what can expire: after the TTL entry is
+        // overwritten without one, nothing is left for it to free.
+        s.set("ttl00", b"v", None).unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.purge_expired(1), 0);
+        assert_eq!(s.stats().bytes_used, 2 * plain);
+        assert_eq!(lock(&s.inner.shards[0]).expiring, 0);
     }
 
     #[test]
@@ -1241,7 +1238,7 @@ mod tests {
         let s = store(1 << 20, None, 2);
         s.set("k", b"v", None).unwrap();
         let seen = s.get("k").unwrap().seq;
-        let (_, mut rx) = s.events().subscribe();
+        let (_, mut rx) = s.subscribe(true);
         s.set("k", b"w", None).unwrap();
         assert!(rx.try_recv().unwrap().seq > seen);
     }
@@ -1275,8 +1272,8 @@ mod tests {
         for i in 0..500 {
             let k = format!("k{i}");
             match s.read(&k) {
-                Read::Hit(l) => expected += entry_size(&k, &l.value, false),
-                Read::Deleted { .. } => expected += entry_size(&k, b"", true),
+                Read::Hit(l) => expected += entry_size(&k, &l.value),
+                Read::Deleted { .. } => expected += entry_size(&k, b""),
                 Read::Miss { .. } => {}
             }
         }
@@ -1386,7 +1383,7 @@ mod schedules {
         shuttle::check_random(
             || {
                 let s = Arc::new(store(1 << 20, 2));
-                let (start, mut rx) = s.events().subscribe();
+                let (start, mut rx) = s.subscribe(true);
                 let threads = [
                     write(&s, "k", Some(b"1"), 1),
                     write(&s, "j", Some(b"2"), 2),
@@ -1407,6 +1404,36 @@ mod schedules {
                 // Version 1 loses to 3 when it lands second: one event then.
                 assert!((1..=2).contains(&k_events), "{k_events} events for k");
                 assert_eq!(s.get("k").map(|h| h.version), Some(3));
+            },
+            ITERATIONS,
+        );
+    }
+    #[test]
+    fn a_subscriber_joining_during_writes_sees_every_later_event() {
+        shuttle::check_random(
+            || {
+                let s = Arc::new(store(1 << 20, 2));
+                let threads = [
+                    write(&s, "k", Some(b"1"), 1),
+                    write(&s, "j", Some(b"2"), 2),
+                    write(&s, "i", Some(b"3"), 3),
+                ];
+                // Writers may number their events without the bus lock
+                // until this subscription counts: none may be left behind.
+                let sub = {
+                    let s = s.clone();
+                    shuttle::thread::spawn(move || s.subscribe(true))
+                };
+                for t in threads {
+                    t.join().unwrap();
+                }
+                let (start, mut rx) = sub.join().unwrap();
+                let mut last = start;
+                while let Ok(ev) = rx.try_recv() {
+                    assert_eq!(ev.seq, last + 1, "gap after {last}");
+                    last = ev.seq;
+                }
+                assert_eq!(last, s.events().last_seq(), "events not delivered");
             },
             ITERATIONS,
         );
