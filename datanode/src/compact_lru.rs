@@ -4,16 +4,17 @@
 //! pointers, plus the allocator's header) and indexes them with 16-byte hash
 //! slots, which came to about 187 bytes per small item in RSS, twice
 //! memcached's. Here an entry is one allocation holding expiry, version, key
-//! and value ([`Item`]); the list lives in a `Vec` of 24-byte nodes linked by `u32`
-//! slot numbers, and the index is a `hashbrown::HashTable` of 4-byte slot
-//! numbers. Slot numbers are stable while an entry lives, so the expiry
-//! index can refer to entries by slot.
+//! and value ([`Item`]); the list lives in a `Vec` of 16-byte nodes (a thin
+//! pointer and two `u32` slot numbers), and the index is a
+//! `hashbrown::HashTable` of 4-byte slot numbers. Slot numbers are stable
+//! while an entry lives, so scans and the expiry crawler can resume by slot.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 use hashbrown::HashTable;
+use triomphe::{Arc, HeaderSlice, HeaderWithLength, ThinArc, UniqueArc};
 
 const NIL: u32 = u32::MAX;
 /// Expiry and tombstone flag (u64), version (u64) and key length (u16)
@@ -30,8 +31,12 @@ pub(crate) struct KeyTooLong(pub usize);
 /// One entry: `[expires | tombstone: u64 LE][version: u64 LE][key length:
 /// u16 LE][key][value]` in a single shared allocation, so a read hands the
 /// value out without copying it.
+///
+/// A thin pointer (triomphe's `ThinArc`: the length lives in the
+/// allocation, where `std::sync::Arc<[u8]>` keeps a weak count instead), so
+/// an LRU node is 16 bytes rather than 24: 8 bytes less per entry.
 #[derive(Clone)]
-pub(crate) struct Item(Arc<[u8]>);
+pub(crate) struct Item(ThinArc<(), u8>);
 
 impl Item {
     /// A live value, or a tombstone when `value` is `None`. `expires` is the
@@ -48,10 +53,11 @@ impl Item {
         let len = HEADER + key.len() + value.len();
         // Written in place: one allocation of exactly the entry's size and one
         // copy of the value (a `Vec` first would copy it twice).
-        let mut arc = Arc::<[u8]>::new_uninit_slice(len);
-        let Some(buf) = Arc::get_mut(&mut arc) else {
-            unreachable!("a new Arc has no other owner")
-        };
+        let mut arc = UniqueArc::<HeaderSlice<_, [MaybeUninit<u8>]>>::from_header_and_uninit_slice(
+            HeaderWithLength::new((), len),
+            len,
+        );
+        let buf = &mut arc.slice;
         let mut at = 0;
         for part in [
             &flags.to_le_bytes()[..],
@@ -68,25 +74,30 @@ impl Item {
         debug_assert_eq!(at, len);
         // SAFETY: the loop above wrote all `len` bytes (the parts add up to
         // `len` by construction).
-        Ok(Self(unsafe { arc.assume_init() }))
+        let arc = unsafe { arc.assume_init_slice_with_header() };
+        Ok(Self(Arc::into_thin(arc.shareable())))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0.slice
     }
 
     fn word(&self, at: usize) -> u64 {
         let mut b = [0u8; 8];
-        b.copy_from_slice(&self.0[at..at + 8]);
+        b.copy_from_slice(&self.bytes()[at..at + 8]);
         u64::from_le_bytes(b)
     }
 
     fn key_len(&self) -> usize {
-        usize::from(u16::from_le_bytes([self.0[16], self.0[17]]))
+        usize::from(u16::from_le_bytes([self.bytes()[16], self.bytes()[17]]))
     }
 
     pub(crate) fn key(&self) -> &[u8] {
-        &self.0[HEADER..HEADER + self.key_len()]
+        &self.bytes()[HEADER..HEADER + self.key_len()]
     }
 
     pub(crate) fn value(&self) -> &[u8] {
-        &self.0[HEADER + self.key_len()..]
+        &self.bytes()[HEADER + self.key_len()..]
     }
 
     pub(crate) fn expires(&self) -> u64 {
@@ -104,7 +115,7 @@ impl Item {
     /// Bytes of key and value (what the memory accounting charges besides
     /// the fixed overhead).
     pub(crate) fn payload_len(&self) -> usize {
-        self.0.len() - HEADER
+        self.bytes().len() - HEADER
     }
 
     /// The value as `Bytes` sharing this entry's allocation.
@@ -326,6 +337,11 @@ mod tests {
             s = l.nodes[s as usize].next;
         }
         out
+    }
+
+    #[test]
+    fn a_node_is_a_thin_pointer_and_two_slot_numbers() {
+        assert_eq!(std::mem::size_of::<Node>(), 16);
     }
 
     #[test]
