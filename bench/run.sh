@@ -10,7 +10,8 @@
 # Options (environment): DURATION (s per measured load), WARMUP (s),
 # ROUNDS (HTTP rounds, systems alternating; rows show the median and range),
 # KEYS, KEYS_BIG (keys of the 1 KiB and 16 KiB rows), ZIPF (exponent of the
-# hot-key rows), VALUE_SIZE, CONNS ("16 64"), WRK_THREADS (2), GRPC_CONCURRENCY (64),
+# hot-key rows), VALUE_SIZE, CONNS ("16 64"), WRK_THREADS (2), NODE_WORKERS (1:
+# each data node's --worker-threads), GRPC_CONCURRENCY (64),
 # GRPC_THREADS (1), REDIS_CLIENTS (50), REDIS_N (requests per
 # redis-benchmark test; default: calibrated to last DURATION), MEM_ITEMS
 # (1000000), RING_KEYS (1000000), CRIT_WARMUP / CRIT_TIME (criterion, s),
@@ -46,6 +47,9 @@ ZIPF=${ZIPF:-0.99}
 VALUE_SIZE=${VALUE_SIZE:-100}
 CONNS=${CONNS:-"16 64"}
 WRK_THREADS=${WRK_THREADS:-2}
+# Runtime workers per data node: three nodes, a manager, the peers and the
+# load generator share the machine's cores.
+NODE_WORKERS=${NODE_WORKERS:-1}
 # One connection per thread: preload.lua stops a thread after its last key.
 PRELOAD_THREADS=${PRELOAD_THREADS:-4}
 GRPC_CONCURRENCY=${GRPC_CONCURRENCY:-64}
@@ -317,26 +321,34 @@ round_load() {
     done
 }
 
-phase_http() {
-    log "HTTP: starting ringcache (1 manager + 3 data nodes, and a near-cache manager), the axum ceiling and nginx + 3 memcached"
-    local i port dn_pids=() ports=() total first=${#PIDS[@]}
+# start_nodes NAME: 3 data nodes named NAME1..3 with NODE_WORKERS runtime
+# workers each; sets DN_ADDRS.
+start_nodes() {
+    local i port pids=() ports=()
     for i in 1 2 3; do
         free_port port
-        spawn "datanode$i" "$BIN/datanode" --listen "127.0.0.1:$port" --id "dn$i"
-        dn_pids+=("$SPAWNED")
+        spawn "$1$i" "$BIN/datanode" --listen "127.0.0.1:$port" --id "$1$i" --worker-threads "$NODE_WORKERS"
+        pids+=("$SPAWNED")
         ports+=("$port")
     done
-    for i in 0 1 2; do wait_port "${ports[i]}" "${dn_pids[i]}"; done
+    for i in 0 1 2; do wait_port "${ports[i]}" "${pids[i]}"; done
     DN_ADDRS=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}
+}
 
-    # The near-cache manager first: a manager flushes the nodes it admits,
-    # so both must be up before the keys are loaded (through the plain one;
-    # the near-cache one learns of the writes by the nodes' events).
+phase_http() {
+    log "HTTP: starting ringcache (1 manager + 3 data nodes, and a near-cache manager with 3 nodes of its own), the axum ceiling and nginx + 3 memcached"
+    local port total first=${#PIDS[@]}
+
+    # The near-cache manager has nodes of its own: on shared nodes it would
+    # receive (and the nodes would send it) an invalidation for every write
+    # of the plain manager's POST rows, work that belongs to neither row.
+    start_nodes dnnear
     start_manager manager-near --near-cache 64MiB
-    local near_url=$MGR_URL
-    start_manager manager
-    local replicas
+    local near_url=$MGR_URL replicas
     replicas=$(cluster_json | grep -o '"replicas":[0-9]*' | cut -d: -f2)
+    http_preload ringcache "$near_url" ringcache_items $((KEYS * replicas)) key: "$KEYS" "$VALUE_SIZE"
+    start_nodes dn
+    start_manager manager
     add_system rc "ringcache (replicas=$replicas)" "$MGR_URL"
     add_system rcnear "ringcache near-cache 64MiB" "$near_url"
     total=$KEYS
@@ -642,11 +654,17 @@ report() {
             "$errs" "$status" "$note"
     done
     printf '%s\n' "--------------------------------------------------------------------------------------------------------------------------------------"
-    echo "ratios and targets (HTTP at $c connections)"
-    target "ringcache GET / nginx+memcached GET" "$(ratio "${RPS[rc:GET:$c]:-}" "${RPS[ngx:GET:$c]:-}")" ">=" 1.0 x "rc:GET:$c" "ngx:GET:$c"
-    target "ringcache GET p99 / nginx+memcached GET p99" "$(ratio "${P99[rc:GET:$c]:-}" "${P99[ngx:GET:$c]:-}")" "<=" 1.5 x "rc:GET:$c" "ngx:GET:$c"
-    target "ringcache POST / ringcache GET" "$(ratio "${RPS[rc:POST:$c]:-}" "${RPS[rc:GET:$c]:-}")" ">=" 0.8 x "rc:POST:$c" "rc:GET:$c"
-    target "ringcache GET / axum ceiling GET" "$(ratio "${RPS[rc:GET:$c]:-}" "${RPS[axum:GET:$c]:-}")" ">=" 0.5 x "rc:GET:$c" "axum:GET:$c"
+    echo "ratios and targets (HTTP: ratios of the medians; the axum target at $c connections)"
+    local tc want
+    for tc in $CONNS; do
+        # Ahead at the top connection count, at least level below it.
+        want=1.0
+        [[ $tc == "$c" ]] && want=1.3
+        target "ringcache GET / nginx+memcached GET, c=$tc" "$(ratio "${RPS[rc:GET:$tc]:-}" "${RPS[ngx:GET:$tc]:-}")" ">=" $want x "rc:GET:$tc" "ngx:GET:$tc"
+        target "ringcache GET p99 / nginx+memcached's, c=$tc" "$(ratio "${P99[rc:GET:$tc]:-}" "${P99[ngx:GET:$tc]:-}")" "<=" 1.5 x "rc:GET:$tc" "ngx:GET:$tc"
+        target "ringcache POST / ringcache GET, c=$tc" "$(ratio "${RPS[rc:POST:$tc]:-}" "${RPS[rc:GET:$tc]:-}")" ">=" 0.8 x "rc:POST:$tc" "rc:GET:$tc"
+    done
+    target "ringcache GET / axum ceiling GET" "$(ratio "${RPS[rc:GET:$c]:-}" "${RPS[axum:GET:$c]:-}")" ">=" 0.6 x "rc:GET:$c" "axum:GET:$c"
     target "datanode gRPC GET / redis-benchmark GET" "$(ratio "${RPS[dn:get]:-}" "${RPS[redis:GET]:-}")" ">=" 0.7 x "dn:get" "redis:GET"
     local memdiff=
     if [[ -n ${MEM_RSS[datanode]:-} && -n ${MEM_RSS[memcached]:-} ]]; then

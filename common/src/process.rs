@@ -14,6 +14,18 @@ pub fn init_logging() {
         .init();
 }
 
+/// The process's runtime: tokio's multi-threaded scheduler with
+/// `worker_threads` workers (default: one per core). Several processes
+/// sharing a few cores (nodes co-located with a manager) do better with
+/// fewer workers each: fewer cross-thread wake-ups per request.
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
+}
+
 /// Runs a server to completion as a process exit status, logging a failure
 /// as `what failed`.
 pub async fn run_to_exit<E: std::fmt::Display>(

@@ -60,6 +60,11 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sweep_interval: Duration,
 
+    /// Runtime worker threads (default: one per core). Fewer suit several
+    /// processes sharing a machine's cores.
+    #[arg(long, env = "DATANODE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// Time in-flight calls get to finish at shutdown (SIGTERM/SIGINT).
     #[arg(long, env = "DATANODE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -158,6 +163,9 @@ mod tests {
         assert!(NodeOptions::try_parse_from(["datanode", "--heartbeat-interval", "0s"]).is_err());
         assert!(NodeOptions::try_parse_from(["datanode", "--sweep-interval", "0ms"]).is_err());
         assert!(NodeOptions::try_parse_from(["datanode", "--max-key-bytes", "65535"]).is_ok());
+        assert!(NodeOptions::try_parse_from(["datanode", "--worker-threads", "0"]).is_err());
+        let one = NodeOptions::try_parse_from(["datanode", "--worker-threads", "1"]).unwrap();
+        assert_eq!(one.worker_threads, Some(1));
     }
 
     #[test]

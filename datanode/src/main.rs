@@ -6,16 +6,24 @@ use ringcache_datanode::{serve, shutdown_signal, NodeOptions};
 // under a full cache rose from 1.16x to 1.44x of --max-memory (see the
 // limits test), and memory is what a cache node is for.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     process::init_logging();
     let matches = NodeOptions::command().arg(health::arg()).get_matches();
     let opts = NodeOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(url) = health::requested(&matches, opts.listen) {
-        return health::run(&url).await;
-    }
-    let Some(listener) = process::bind(opts.listen).await else {
-        return std::process::ExitCode::FAILURE;
+    let rt = match process::runtime(opts.worker_threads.map(usize::from)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
     };
-    process::run_to_exit("data node", serve(listener, opts, shutdown_signal())).await
+    rt.block_on(async move {
+        if let Some(url) = health::requested(&matches, opts.listen) {
+            return health::run(&url).await;
+        }
+        let Some(listener) = process::bind(opts.listen).await else {
+            return std::process::ExitCode::FAILURE;
+        };
+        process::run_to_exit("data node", serve(listener, opts, shutdown_signal())).await
+    })
 }

@@ -93,6 +93,11 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
 
+    /// Runtime worker threads (default: one per core). Fewer suit several
+    /// processes sharing a machine's cores.
+    #[arg(long, env = "MANAGER_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// Time in-flight requests get to finish at shutdown (SIGTERM/SIGINT).
     #[arg(long, env = "MANAGER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -225,6 +230,7 @@ mod tests {
             assert!(ManagerOptions::try_parse_from(["manager", flag, "250ms"]).is_ok());
         }
         assert!(ManagerOptions::try_parse_from(["manager", "--max-connections", "0"]).is_err());
+        assert!(ManagerOptions::try_parse_from(["manager", "--worker-threads", "0"]).is_err());
         // Zero grace is meaningful: stop at once.
         assert!(ManagerOptions::try_parse_from(["manager", "--shutdown-grace", "0s"]).is_ok());
     }

@@ -1,5 +1,5 @@
 use clap::{CommandFactory, FromArgMatches};
-use ringcache_common::process::shutdown_signal;
+use ringcache_common::process;
 use ringcache_manager::{health, serve, ManagerOptions};
 
 // Request handling allocates small, short-lived buffers at a high rate;
@@ -7,17 +7,24 @@ use ringcache_manager::{health, serve, ManagerOptions};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    ringcache_common::process::init_logging();
+fn main() -> std::process::ExitCode {
+    process::init_logging();
     let matches = ManagerOptions::command().arg(health::arg()).get_matches();
     let opts = ManagerOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(url) = health::requested(&matches, opts.listen) {
-        return health::run(&url).await;
-    }
-    let Some(listener) = ringcache_common::process::bind(opts.listen).await else {
-        return std::process::ExitCode::FAILURE;
+    let rt = match process::runtime(opts.worker_threads.map(usize::from)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
     };
-    ringcache_common::process::run_to_exit("manager", serve(listener, opts, shutdown_signal()))
-        .await
+    rt.block_on(async move {
+        if let Some(url) = health::requested(&matches, opts.listen) {
+            return health::run(&url).await;
+        }
+        let Some(listener) = process::bind(opts.listen).await else {
+            return std::process::ExitCode::FAILURE;
+        };
+        process::run_to_exit("manager", serve(listener, opts, process::shutdown_signal())).await
+    })
 }
