@@ -12,7 +12,7 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 /// Bytes a data node charges per entry on top of its key and value: the
 /// entry's allocation header (reference counts, expiry, version, key length:
-/// 34 bytes) and the allocator's rounding, the 24-byte list node and the
+/// 34 bytes) and the allocator's rounding, the 16-byte list node and the
 /// index slot (with their tables' spare capacity). RSS per item measured by
 /// `bench/run.sh` (1M items of 10 + 100 bytes) should stay at or below this.
 pub const ENTRY_OVERHEAD: u64 = 88;
@@ -23,6 +23,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+/// [`parse_size`] of a size above zero.
+pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err(format!("size must be above zero, got {s:?}")),
+        n => Ok(n),
+    }
 }
 
 /// Keys are stored with a 16-bit length.

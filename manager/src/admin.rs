@@ -78,7 +78,7 @@ pub async fn add_node(State(st): State<Arc<AppState>>, Query(p): Query<Params>) 
     };
     let uri = node_uri(&addr);
     let connect = st.cluster.connect();
-    let id = match NodeClient::new(&uri, connect.timeout, connect.auth_token.as_deref()) {
+    let id = match NodeClient::new(&uri, connect) {
         Ok(client) => match client.stats().await {
             Ok(stats) => stats.node_id,
             Err(e) => {

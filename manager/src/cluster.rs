@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::client::Connect;
 use crate::client::{CallError, Change, NodeClient, Read, Written};
 use crate::membership::EventListener;
 use crate::near_cache::NearCache;
@@ -344,13 +345,6 @@ impl RingView {
     }
 }
 
-/// How the manager reaches a node it learns of from the placement.
-#[derive(Clone)]
-pub struct Connect {
-    pub timeout: Duration,
-    pub auth_token: Option<String>,
-}
-
 /// What a new node's membership task needs (set once the cluster runs).
 struct Sessions {
     heartbeat_timeout: Duration,
@@ -388,16 +382,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(nodes: Vec<Arc<NodeHandle>>, vnodes: usize, replicas: usize) -> Self {
-        Self::with_options(
-            nodes,
-            vnodes,
-            replicas,
-            false,
-            Connect {
-                timeout: Duration::from_secs(1),
-                auth_token: None,
-            },
-        )
+        Self::with_options(nodes, vnodes, replicas, false, Connect::default())
     }
 
     /// `managed`: the placement is given by [`Cluster::apply_placement`]
@@ -680,11 +665,7 @@ impl Cluster {
         {
             return Some(i);
         }
-        let client = match NodeClient::new(
-            &uri,
-            self.connect.timeout,
-            self.connect.auth_token.as_deref(),
-        ) {
+        let client = match NodeClient::new(&uri, &self.connect) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%address, error = %e, "placement member has an invalid address; placement not installed");

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ringcache_common::limits::parse_size;
+use ringcache_common::limits::{parse_nonzero_size, parse_size};
 
 use crate::ring::DEFAULT_VNODES;
 
@@ -73,6 +73,13 @@ pub struct ManagerOptions {
     /// Deadline of each call to a data node, e.g. 1s or 300ms.
     #[arg(long, env = "MANAGER_NODE_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
     pub node_timeout: Duration,
+
+    /// Bytes of operations that may wait for one data node (queued for it,
+    /// or sent and unanswered), e.g. 64MiB. Beyond it requests to that node
+    /// wait within their deadline, so a stalled node cannot make the manager
+    /// buffer without bound.
+    #[arg(long, env = "MANAGER_NODE_QUEUE_BYTES", default_value = "64MiB", value_parser = parse_nonzero_size)]
+    pub node_queue_bytes: u64,
 
     /// A node that sends no event (heartbeat) for this long is down.
     #[arg(long, env = "MANAGER_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = parse_nonzero_duration)]
@@ -231,6 +238,9 @@ mod tests {
         }
         assert!(ManagerOptions::try_parse_from(["manager", "--max-connections", "0"]).is_err());
         assert!(ManagerOptions::try_parse_from(["manager", "--worker-threads", "0"]).is_err());
+        assert!(ManagerOptions::try_parse_from(["manager", "--node-queue-bytes", "0"]).is_err());
+        let o = ManagerOptions::try_parse_from(["manager", "--node-queue-bytes", "1MiB"]).unwrap();
+        assert_eq!(o.node_queue_bytes, 1 << 20);
         // Zero grace is meaningful: stop at once.
         assert!(ManagerOptions::try_parse_from(["manager", "--shutdown-grace", "0s"]).is_ok());
     }

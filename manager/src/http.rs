@@ -397,6 +397,9 @@ struct NodeView {
     evictions: Option<u64>,
     hit_ratio: Option<f64>,
     ring_share: f64,
+    /// Bytes of operations queued for the node or awaiting its answer
+    /// (bounded by `--node-queue-bytes`).
+    queued_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -454,6 +457,7 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
                     (total > 0).then(|| s.hits as f64 / total as f64)
                 }),
                 ring_share: share,
+                queued_bytes: n.client.queued_bytes(),
             }
         })
         .collect();

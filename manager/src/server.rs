@@ -87,6 +87,7 @@ async fn run(
     }
     let mut seen = HashSet::new();
     let mut nodes = Vec::with_capacity(addrs.len());
+    let connect = Connect::from_options(opts);
     for (id, a) in &addrs {
         if !seen.insert(a.as_str()) {
             return Err(ServeError::DuplicateNode(a.clone()));
@@ -96,7 +97,7 @@ async fn run(
                 return Err(ServeError::DuplicateNode(id.clone()));
             }
         }
-        let client = NodeClient::new(a, opts.node_timeout, opts.auth_token.as_deref())?;
+        let client = NodeClient::new(a, &connect)?;
         nodes.push(Arc::new(NodeHandle::with_id(client, id.clone())));
     }
     let store = if opts.etcd.is_empty() {
@@ -113,10 +114,6 @@ async fn run(
         // Nodes come and go: the ring takes min(replicas, nodes) itself.
         Some(_) => opts.replicas.unwrap_or(2),
         None => opts.replicas_for(addrs.len()),
-    };
-    let connect = Connect {
-        timeout: opts.node_timeout,
-        auth_token: opts.auth_token.clone(),
     };
     // Unique per process: in containers every manager listens on the same
     // address with the same pid.

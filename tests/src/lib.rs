@@ -390,6 +390,16 @@ impl Api {
         .await
     }
 
+    /// `POST /?key=K` with the value as the body.
+    pub async fn set_body(&self, key: &str, value: Vec<u8>) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/?key={key}", self.base))
+                .body(value),
+        )
+        .await
+    }
+
     pub async fn delete(&self, key: &str) -> Reply {
         self.send(self.http.delete(format!("{}/?key={key}", self.base)))
             .await

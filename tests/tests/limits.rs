@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ringcache_proto::pb::{self, data_node_client::DataNodeClient};
-use ringcache_tests::{Api, Proc};
+use ringcache_tests::{wait_until, Api, Proc};
 
 /// Resident set size of a process, from /proc.
 fn rss_bytes(pid: i32) -> u64 {
@@ -186,4 +186,73 @@ async fn sigterm_lets_in_flight_requests_finish() {
         t.elapsed()
     );
     nodes[0].signal(libc::SIGCONT);
+}
+
+/// Bytes the manager holds for its only node, as `/cluster` shows them.
+async fn queued_bytes(api: &Api) -> u64 {
+    api.cluster().await["nodes"][0]["queued_bytes"]
+        .as_u64()
+        .expect("queued_bytes in /cluster")
+}
+
+/// What the manager holds for a stalled node is bounded by
+/// `--node-queue-bytes`: writes beyond it wait within their deadline (and
+/// then fail) instead of piling up in the manager's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_is_sent_no_more_than_its_byte_budget() {
+    const BUDGET: u64 = 1 << 20;
+    const VALUE: usize = 300 << 10;
+    let node = Proc::datanode("n1", &[]);
+    // The node stays "up" while stopped (long heartbeat timeout and node
+    // deadline), so every write is routed to it and waits.
+    let manager = Proc::manager(
+        "manager",
+        &[&node],
+        &[
+            "--node-queue-bytes",
+            "1MiB",
+            "--heartbeat-timeout",
+            "60s",
+            "--node-timeout",
+            "4s",
+        ],
+    );
+    let api = Api::new(&manager);
+    api.await_all_up().await;
+    node.signal(libc::SIGSTOP);
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let api = api.clone();
+            tokio::spawn(async move { api.set_body(&format!("big{i}"), vec![b'x'; VALUE]).await })
+        })
+        .collect();
+    // Three 300 KiB writes fill the 1 MiB budget; all eight would be 2.4 MiB.
+    wait_until("the manager to hold a budget's worth of writes", || {
+        let api = api.clone();
+        async move { (queued_bytes(&api).await >= 3 * VALUE as u64).then_some(()) }
+    })
+    .await;
+    for _ in 0..10 {
+        let held = queued_bytes(&api).await;
+        assert!(held <= BUDGET, "{held} bytes held for the node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in writes {
+        let r = w.await.unwrap();
+        assert!(
+            r.status >= 500,
+            "a write to a stopped node succeeded: {r:?}"
+        );
+    }
+    node.signal(libc::SIGCONT);
+    wait_until("the manager to hold nothing for the node", || {
+        let api = api.clone();
+        async move { (queued_bytes(&api).await == 0).then_some(()) }
+    })
+    .await;
+    wait_until("writes to succeed again", || {
+        let api = api.clone();
+        async move { (api.set("after", "v").await.status == 201).then_some(()) }
+    })
+    .await;
 }

@@ -21,11 +21,12 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, SelectAll, Stream, StreamExt};
 use ringcache_proto::pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Status;
 
@@ -36,8 +37,12 @@ const MAX_OPS: usize = 128;
 /// A round is closed once its payload passes this many bytes.
 const MAX_BYTES: usize = 1 << 20;
 /// Requests waiting for the batch task; beyond this callers wait (bounded
-/// by their deadline), which is the backpressure.
+/// by their deadline), which is the backpressure. The bytes they and the
+/// ops in flight may hold are bounded by the node's [`Budget`].
 const QUEUE: usize = 4096;
+/// Bytes an op is charged beyond its encoded size: its id, framing, the
+/// waiting caller's reply slot.
+const OP_OVERHEAD: u64 = 64;
 /// Results awaited at once; beyond this the streams are reset (the node is
 /// not answering and callers have long given up).
 const MAX_IN_FLIGHT: usize = 65536;
@@ -67,12 +72,57 @@ struct Pending {
     op: pb::op::Op,
     placement: u64,
     reply: oneshot::Sender<Reply>,
+    /// The op's share of the node's budget, returned when the node has
+    /// answered or the stream is reset, not when the caller gives up (the op
+    /// may be queued or on the wire still).
+    charge: OwnedSemaphorePermit,
+}
+
+/// What an op awaiting its result holds.
+struct InFlight {
+    reply: oneshot::Sender<Reply>,
+    _charge: OwnedSemaphorePermit,
+}
+
+/// The bytes of operations that may wait for one node, queued or sent and
+/// unanswered: a byte-weighted semaphore shared by the node's connections.
+#[derive(Clone)]
+pub(super) struct Budget {
+    permits: Arc<Semaphore>,
+    limit: u32,
+}
+
+impl Budget {
+    pub(super) fn new(bytes: u64) -> Self {
+        // Permits are taken in u32 amounts; an op larger than the whole
+        // budget takes all of it and travels alone.
+        let limit = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(limit as usize)),
+            limit,
+        }
+    }
+
+    /// Bytes charged right now.
+    pub(super) fn used(&self) -> u64 {
+        u64::from(self.limit).saturating_sub(self.permits.available_permits() as u64)
+    }
+
+    async fn charge(&self, op: &pb::op::Op) -> Result<OwnedSemaphorePermit, Status> {
+        let cost = (op.encoded_len() as u64 + OP_OVERHEAD).min(u64::from(self.limit)) as u32;
+        self.permits
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Status::unavailable("batch budget closed"))
+    }
 }
 
 /// Sender side of a node's batch streams; cheap to clone.
 #[derive(Clone)]
 pub(super) struct Batcher {
     tx: mpsc::Sender<Pending>,
+    budget: Budget,
 }
 
 impl Batcher {
@@ -80,22 +130,24 @@ impl Batcher {
     /// clone is dropped.
     /// Opening the streams is bounded by `timeout` (a node that accepts
     /// connections but never answers must not hold the queue).
-    pub(super) fn start(client: Grpc, addr: String, timeout: Duration) -> Self {
+    pub(super) fn start(client: Grpc, addr: String, timeout: Duration, budget: Budget) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(client, addr, rx, timeout));
-        Self { tx }
+        Self { tx, budget }
     }
 
     /// Queues one operation and waits for its result (the caller bounds the
     /// wait with its deadline).
     /// `placement` is the placement version the op was routed by.
     pub(super) async fn call(&self, op: pb::op::Op, placement: u64) -> Reply {
+        let charge = self.budget.charge(&op).await?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending {
                 op,
                 placement,
                 reply,
+                charge,
             })
             .await
             .map_err(|_| Status::unavailable("batch stream stopped"))?;
@@ -177,7 +229,7 @@ async fn run(client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeou
             }
         };
         backoff = RECONNECT_MIN;
-        let mut in_flight: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
+        let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
         let mut batches: Vec<Vec<pb::Op>> = (0..LANES).map(|_| Vec::new()).collect();
         let mut next = Some(first);
         let reason = 'stream: loop {
@@ -213,9 +265,9 @@ async fn run(client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeou
                 m = responses.next() => match m {
                     Some(Ok(resp)) => {
                         for r in resp.results {
-                            if let Some(reply) = in_flight.remove(&r.id) {
+                            if let Some(f) = in_flight.remove(&r.id) {
                                 let result = r.result.ok_or_else(|| Status::internal("empty result"));
-                                let _ = reply.send(result);
+                                let _ = f.reply.send(result);
                             }
                         }
                     }
@@ -225,8 +277,8 @@ async fn run(client: Grpc, addr: String, mut rx: mpsc::Receiver<Pending>, timeou
             }
         };
         tracing::debug!(node = %addr, %reason, pending = in_flight.len(), "batch streams reset");
-        for (_, reply) in in_flight.drain() {
-            let _ = reply.send(Err(reason.clone()));
+        for (_, f) in in_flight.drain() {
+            let _ = f.reply.send(Err(reason.clone()));
         }
     }
 }
@@ -239,7 +291,7 @@ fn collect(
     first: Pending,
     rx: &mut mpsc::Receiver<Pending>,
     next_id: &mut u64,
-    in_flight: &mut HashMap<u64, oneshot::Sender<Reply>>,
+    in_flight: &mut HashMap<u64, InFlight>,
     batches: &mut [Vec<pb::Op>],
 ) {
     let mut n = 0;
@@ -250,7 +302,13 @@ fn collect(
             *next_id += 1;
             n += 1;
             bytes += p.op.encoded_len();
-            in_flight.insert(*next_id, p.reply);
+            in_flight.insert(
+                *next_id,
+                InFlight {
+                    reply: p.reply,
+                    _charge: p.charge,
+                },
+            );
             batches[lane_of(&p.op)].push(pb::Op {
                 id: *next_id,
                 op: Some(p.op),

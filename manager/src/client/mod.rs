@@ -123,6 +123,47 @@ pub enum Change {
     Delete,
 }
 
+/// How the manager reaches a node: the same for every node, including the
+/// ones it learns of from the placement.
+#[derive(Clone, Debug)]
+pub struct Connect {
+    /// Deadline of each call.
+    pub timeout: Duration,
+    /// Sent with each call, if any.
+    pub auth_token: Option<String>,
+    /// Bytes of operations that may wait for one node (queued for its batch
+    /// stream, or sent and not yet answered); beyond it callers wait, within
+    /// their deadline, so a stalled node cannot make the manager buffer
+    /// without bound.
+    pub queue_bytes: u64,
+}
+
+impl Connect {
+    pub fn from_options(opts: &crate::config::ManagerOptions) -> Self {
+        Self {
+            timeout: opts.node_timeout,
+            auth_token: opts.auth_token.clone(),
+            queue_bytes: opts.node_queue_bytes,
+        }
+    }
+}
+
+/// The flags' defaults.
+impl Default for Connect {
+    fn default() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = crate::config::ManagerOptions::command().mut_args(|a| a.env(None::<&str>));
+        // Compile-time constants (the flag attributes), parsed by the
+        // manager's config tests: a failure here is a bug in them.
+        let matches = cmd
+            .try_get_matches_from(["manager"])
+            .expect("the flags' defaults parse");
+        let opts = crate::config::ManagerOptions::from_arg_matches(&matches)
+            .expect("the flags' defaults parse");
+        Self::from_options(&opts)
+    }
+}
+
 /// One connection to a node: the channel and its batch stream.
 struct Conn {
     inner: Grpc,
@@ -135,6 +176,9 @@ pub struct NodeClient {
     addr: String,
     endpoint: Endpoint,
     token: AddToken,
+    /// Shared by the connections of this node, old and new: ops still
+    /// queued on a connection being replaced count until they are dropped.
+    budget: batch::Budget,
     /// Replaced by [`NodeClient::reconnect`]; read (an `Arc` clone, never
     /// held across an await) by every call.
     conn: Arc<RwLock<Arc<Conn>>>,
@@ -143,10 +187,11 @@ pub struct NodeClient {
 
 impl NodeClient {
     /// A client that connects lazily (and reconnects) to `addr`, such as
-    /// `http://127.0.0.1:50051`, giving each call `timeout` to complete and
-    /// sending `token` (if any) with each.
-    pub fn new(addr: &str, timeout: Duration, token: Option<&str>) -> Result<Self, CallError> {
-        let token = AddToken::new(token).map_err(|_| CallError::BadToken)?;
+    /// `http://127.0.0.1:50051`, as `connect` says.
+    pub fn new(addr: &str, connect: &Connect) -> Result<Self, CallError> {
+        let timeout = connect.timeout;
+        let token =
+            AddToken::new(connect.auth_token.as_deref()).map_err(|_| CallError::BadToken)?;
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|source| CallError::Address {
                 addr: addr.to_string(),
@@ -161,22 +206,35 @@ impl NodeClient {
             // One stream carries most of the traffic: give it room.
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
-        let conn = Self::open(&endpoint, &token, addr, timeout);
+        let budget = batch::Budget::new(connect.queue_bytes);
+        let conn = Self::open(&endpoint, &token, addr, timeout, &budget);
         Ok(Self {
             addr: addr.to_string(),
             endpoint,
             token,
+            budget,
             conn: Arc::new(RwLock::new(Arc::new(conn))),
             timeout,
         })
     }
 
-    fn open(endpoint: &Endpoint, token: &AddToken, addr: &str, timeout: Duration) -> Conn {
+    fn open(
+        endpoint: &Endpoint,
+        token: &AddToken,
+        addr: &str,
+        timeout: Duration,
+        budget: &batch::Budget,
+    ) -> Conn {
         // A batch of reads may carry many large values.
         let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), token.clone())
             .max_decoding_message_size(MAX_MESSAGE);
         Conn {
-            batcher: batch::Batcher::start(inner.clone(), addr.to_string(), timeout),
+            batcher: batch::Batcher::start(
+                inner.clone(),
+                addr.to_string(),
+                timeout,
+                budget.clone(),
+            ),
             inner,
         }
     }
@@ -190,8 +248,19 @@ impl NodeClient {
     /// that took over the node's old address (another process: it reports
     /// another id) would keep being reached.
     pub fn reconnect(&self) {
-        let conn = Self::open(&self.endpoint, &self.token, &self.addr, self.timeout);
+        let conn = Self::open(
+            &self.endpoint,
+            &self.token,
+            &self.addr,
+            self.timeout,
+            &self.budget,
+        );
         *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
+    }
+
+    /// Bytes of operations waiting for this node (see [`Connect`]).
+    pub fn queued_bytes(&self) -> u64 {
+        self.budget.used()
     }
 
     pub fn addr(&self) -> &str {
@@ -487,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn per_op_errors_become_typed_once_and_only_transport_failures_take_a_node_out() {
-        let c = NodeClient::new("http://127.0.0.1:1", Duration::from_secs(1), None).unwrap();
+        let c = NodeClient::new("http://127.0.0.1:1", &Connect::default()).unwrap();
         let e = c.op_error(op_error(pb::ErrorReason::TooLarge, Code::ResourceExhausted));
         assert!(matches!(
             e,

@@ -88,9 +88,7 @@ pub async fn run(
             for addr in add {
                 let uri = format!("http://{addr}");
                 let connect = cluster.connect();
-                let Ok(client) =
-                    NodeClient::new(&uri, connect.timeout, connect.auth_token.as_deref())
-                else {
+                let Ok(client) = NodeClient::new(&uri, connect) else {
                     continue;
                 };
                 let Ok(stats) = client.stats().await else {
