@@ -567,7 +567,8 @@ phase_micro() {
     # estimates, throughput in operations per second.
     local name t thr
     while IFS='|' read -r name t thr; do
-        ROWS+=("micro|criterion|$name|${name##*/}|$thr|ops/s|$t|-|0|ok|p50 column: time per op, all threads together")
+        # The conc column: threads and subscriber ("2t/status").
+        ROWS+=("micro|criterion|$name|${name#store/*/*/}|$thr|ops/s|$t|-|0|ok|p50 column: time per op, all threads together")
         RPS["micro:$name"]=$thr
     done < <(awk '
         /^store\// { name = $1 }
@@ -665,6 +666,7 @@ report() {
         target "ringcache POST / ringcache GET, c=$tc" "$(ratio "${RPS[rc:POST:$tc]:-}" "${RPS[rc:GET:$tc]:-}")" ">=" 0.8 x "rc:POST:$tc" "rc:GET:$tc"
     done
     target "ringcache GET / axum ceiling GET" "$(ratio "${RPS[rc:GET:$c]:-}" "${RPS[axum:GET:$c]:-}")" ">=" 0.6 x "rc:GET:$c" "axum:GET:$c"
+    target "store set, 2 threads / 1, with a manager subscribed" "$(ratio "${RPS[micro:store/set/100B/2t/status]:-}" "${RPS[micro:store/set/100B/1t/status]:-}")" ">=" 1.6 x
     target "datanode gRPC GET / redis-benchmark GET" "$(ratio "${RPS[dn:get]:-}" "${RPS[redis:GET]:-}")" ">=" 0.7 x "dn:get" "redis:GET"
     local memdiff=
     if [[ -n ${MEM_RSS[datanode]:-} && -n ${MEM_RSS[memcached]:-} ]]; then
