@@ -26,6 +26,21 @@ pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime:
     b.enable_all().build()
 }
 
+/// Runs a binary's `main` future on [`runtime`], or fails the process when
+/// the runtime cannot start.
+pub fn block_on(
+    worker_threads: Option<u16>,
+    main: impl std::future::Future<Output = std::process::ExitCode>,
+) -> std::process::ExitCode {
+    match runtime(worker_threads.map(usize::from)) {
+        Ok(rt) => rt.block_on(main),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a server to completion as a process exit status, logging a failure
 /// as `what failed`.
 pub async fn run_to_exit<E: std::fmt::Display>(

@@ -10,14 +10,7 @@ fn main() -> std::process::ExitCode {
     process::init_logging();
     let matches = NodeOptions::command().arg(health::arg()).get_matches();
     let opts = NodeOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let rt = match process::runtime(opts.worker_threads.map(usize::from)) {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
+    process::block_on(opts.worker_threads, async move {
         if let Some(url) = health::requested(&matches, opts.listen) {
             return health::run(&url).await;
         }
