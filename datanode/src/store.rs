@@ -251,6 +251,9 @@ struct Shard {
     floor: u64,
 }
 
+/// Latest expiry an entry can record (store ms).
+const MAX_EXPIRY: u64 = (1 << 63) - 1;
+
 fn entry_size(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
@@ -519,7 +522,10 @@ impl Store {
         let expires = match value {
             None => now.saturating_add(self.inner.tombstone_ttl_ms),
             Some(_) => ttl.map_or(0, |t| now.saturating_add((t.as_millis() as u64).max(1))),
-        };
+        }
+        // The entry keeps 63 bits of expiry (the top one marks tombstones):
+        // a larger time must saturate, not wrap to the near past.
+        .min(MAX_EXPIRY);
         let item = Item::new(key.as_bytes(), value, expires, version)
             .map_err(|e| StoreError::KeyTooLong { len: e.0 })?;
         let (_, old) = shard.lru.insert(item).map_err(|_| StoreError::Full)?;
@@ -1181,6 +1187,18 @@ mod tests {
         if let Some(e) = got.iter().find(|e| e.key == "k5") {
             assert_eq!((e.value.is_none(), e.version), (true, 5000));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_beyond_the_recordable_range_saturates() {
+        let s = store(1 << 20, None, 1);
+        // Just past 2^63 ms: wrapped, it would have expired at once.
+        s.set("far", b"v", Some(Duration::from_millis((1 << 63) + 5)))
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.get("far").is_some());
+        assert_eq!(s.purge_expired(16), 0);
+        assert_eq!(lock(&s.inner.shards[0]).expiring, 1);
     }
 
     #[tokio::test(start_paused = true)]
