@@ -389,7 +389,10 @@ impl Store {
         self.shard_of(key_hash(key))
     }
 
-    fn publish(&self, key: Arc<str>, cause: Cause) -> u64 {
+    /// Publishes a change of the shard `_locked` (a reference to it can
+    /// only be had through its lock): the bus's lock-free path and
+    /// [`Store::subscribe`] rely on invalidations being published under it.
+    fn publish(&self, _locked: &Shard, key: Arc<str>, cause: Cause) -> u64 {
         self.inner
             .events
             .publish(EventKind::Invalidation { key, cause })
@@ -410,7 +413,7 @@ impl Store {
                     .counters
                     .expirations
                     .fetch_add(1, Ordering::Relaxed);
-                self.publish(key_str(&item), Cause::Expired);
+                self.publish(shard, key_str(&item), Cause::Expired);
             }
         }
     }
@@ -511,7 +514,7 @@ impl Store {
             // would, raising the floor) so that it is never served.
             if let Some((_, old)) = shard.lru.remove(key.as_bytes()) {
                 shard.forget(&old);
-                self.publish(Arc::from(key), Cause::Evicted);
+                self.publish(&shard, Arc::from(key), Cause::Evicted);
             }
             shard.floor = shard.floor.max(version);
             return Err(StoreError::TooLarge {
@@ -544,10 +547,10 @@ impl Store {
         // could have seen: no event.
         match value {
             Some(_) => {
-                self.publish(Arc::from(key), Cause::Set);
+                self.publish(&shard, Arc::from(key), Cause::Set);
             }
             None if replaced => {
-                self.publish(Arc::from(key), Cause::Delete);
+                self.publish(&shard, Arc::from(key), Cause::Delete);
             }
             None => {}
         }
@@ -594,10 +597,10 @@ impl Store {
             // An entry that had already expired leaves for that reason.
             if is_expired(&item, now) {
                 c.expirations.fetch_add(1, Ordering::Relaxed);
-                self.publish(key_str(&item), Cause::Expired);
+                self.publish(shard, key_str(&item), Cause::Expired);
             } else {
                 c.evictions.fetch_add(1, Ordering::Relaxed);
-                self.publish(key_str(&item), Cause::Evicted);
+                self.publish(shard, key_str(&item), Cause::Evicted);
             }
         }
     }
@@ -622,7 +625,7 @@ impl Store {
             shard.tombstones = 0;
             shard.floor = shard.floor.max(floor);
         }
-        self.publish(Arc::from(""), Cause::Flush);
+        self.publish(&guards[0], Arc::from(""), Cause::Flush);
         drop(guards);
         drop(old);
         removed
@@ -651,7 +654,7 @@ impl Store {
                     shard.forget(&item);
                     if !item.is_tombstone() {
                         removed += 1;
-                        self.publish(key_str(&item), Cause::Evicted);
+                        self.publish(&shard, key_str(&item), Cause::Evicted);
                     }
                 }
             }
@@ -756,7 +759,7 @@ impl Store {
                     if let Some(item) = shard.lru.remove_slot(slot) {
                         shard.drop_traceless(&item);
                         if !item.is_tombstone() {
-                            self.publish(key_str(&item), Cause::Expired);
+                            self.publish(&shard, key_str(&item), Cause::Expired);
                             purged += 1;
                         }
                     }
