@@ -5,21 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, request::Parts, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::BoxError;
 use axum::{Json, Router};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::ServiceBuilder;
 use tracing::instrument;
 
+use crate::admission::{AdmitLayer, TrackLayer};
 use crate::cluster::{Cluster, NodeState};
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
@@ -60,26 +57,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(delete_key)
                 .fallback(method_not_allowed),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track,
-        ));
-    let overload = ServiceBuilder::new()
-        // Over the limit a request is refused at once with 503, so overload
-        // costs neither memory nor queueing delay.
-        .layer(HandleErrorLayer::new(|_: BoxError| async {
-            let mut r =
-                (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n").into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
-        }))
-        .load_shed()
-        // Global: `Router::layer` applies a layer to each route separately,
-        // and a plain concurrency limit would give each route its own.
-        .layer(GlobalConcurrencyLimitLayer::new(
-            state.max_concurrent_requests.max(1),
-        ));
+        .route_layer(TrackLayer(state.metrics.clone()));
+    // One counter for every route: `Router::layer` wraps each route
+    // separately, and the layer's clones share it.
+    let overload = AdmitLayer::new(state.max_concurrent_requests);
     let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))

@@ -15,6 +15,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admission;
 pub mod client;
 pub mod cluster;
 pub mod config;

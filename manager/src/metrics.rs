@@ -3,13 +3,9 @@
 //! API requests by method and status, their latency histogram, and each
 //! node's state and counters (from heartbeats).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{text, DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -262,15 +258,6 @@ impl Collector for NodeSnapshot {
         }
         Ok(())
     }
-}
-
-/// Middleware recording every request of the key API.
-pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    metrics.record(&method, resp.status().as_u16(), start.elapsed());
-    resp
 }
 
 #[cfg(test)]
