@@ -41,6 +41,19 @@ pub fn block_on(
     }
 }
 
+/// A binary's options as its flags' defaults say (`#[arg(default_value
+/// ...)]`, the one place they are written), ignoring the environment.
+///
+/// Panics only on a bug in those attributes (compile-time constants): each
+/// binary's config tests parse them.
+pub fn flag_defaults<T: clap::CommandFactory + clap::FromArgMatches>(bin: &str) -> T {
+    let cmd = T::command().mut_args(|a| a.env(None::<&str>));
+    let matches = cmd
+        .try_get_matches_from([bin])
+        .expect("the flags' defaults parse");
+    T::from_arg_matches(&matches).expect("the flags' defaults parse")
+}
+
 /// Runs a server to completion as a process exit status, logging a failure
 /// as `what failed`.
 pub async fn run_to_exit<E: std::fmt::Display>(

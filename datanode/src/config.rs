@@ -93,14 +93,8 @@ pub struct NodeOptions {
 /// one place they are written; the environment is ignored here.
 impl Default for NodeOptions {
     fn default() -> Self {
-        use clap::{CommandFactory, FromArgMatches};
-        let cmd = Self::command().mut_args(|a| a.env(None::<&str>));
-        // The attributes are compile-time constants, covered by the test
-        // `defaults_match_the_flags`: a failure here is a bug in them.
-        let matches = cmd
-            .try_get_matches_from(["datanode"])
-            .expect("the flags' defaults parse");
-        Self::from_arg_matches(&matches).expect("the flags' defaults parse")
+        // Covered by the test `defaults_match_the_flags`.
+        ringcache_common::process::flag_defaults("datanode")
     }
 }
 

@@ -185,6 +185,13 @@ pub fn node_uri(addr: &str) -> String {
     }
 }
 
+/// The flags' defaults, the environment ignored.
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ringcache_common::process::flag_defaults("manager")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +226,13 @@ mod tests {
         assert_eq!(o.replicas_for(1), 1);
         assert_eq!(o.embedded_nodes, 3);
         assert_eq!(o.listen.port(), 8080);
+        // Default is the same parse (what Connect::default builds on).
+        let d = ManagerOptions::default();
+        assert_eq!(
+            (d.node_timeout, d.node_queue_bytes, d.embedded_nodes),
+            (o.node_timeout, o.node_queue_bytes, o.embedded_nodes)
+        );
+        assert_eq!(d.node_queue_bytes, 64 << 20);
     }
 
     #[test]

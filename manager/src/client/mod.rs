@@ -151,16 +151,7 @@ impl Connect {
 /// The flags' defaults.
 impl Default for Connect {
     fn default() -> Self {
-        use clap::{CommandFactory, FromArgMatches};
-        let cmd = crate::config::ManagerOptions::command().mut_args(|a| a.env(None::<&str>));
-        // Compile-time constants (the flag attributes), parsed by the
-        // manager's config tests: a failure here is a bug in them.
-        let matches = cmd
-            .try_get_matches_from(["manager"])
-            .expect("the flags' defaults parse");
-        let opts = crate::config::ManagerOptions::from_arg_matches(&matches)
-            .expect("the flags' defaults parse");
-        Self::from_options(&opts)
+        Self::from_options(&crate::config::ManagerOptions::default())
     }
 }
 
