@@ -130,11 +130,6 @@ impl EventBus {
         let start = self.inner.published.load(Ordering::Acquire);
         (start, Subscription { rx, counted })
     }
-
-    /// Number of live subscriptions.
-    pub fn subscribers(&self) -> usize {
-        self.inner.all.receiver_count() + self.inner.status.receiver_count()
-    }
 }
 
 /// One subscriber's receiving end.

@@ -9,7 +9,8 @@
 //!   the nodes' invalidation events.
 //! - [`http`], [`query`], [`error`]: the HTTP API; [`metrics`]: `/metrics`.
 //! - [`embedded`]: the in-process cluster used when no nodes are given.
-//! - [`accept`]: the HTTP accept loop (connection cap and timeouts).
+//! - [`accept`]: the HTTP accept loop (connection cap and timeouts);
+//!   [`admission`]: the in-flight limit and request metrics every request meets.
 //! - [`server`]: [`serve`], the entry point tests and the binary call.
 //! - [`ui`]: the browser dashboard on `/ui`.
 
