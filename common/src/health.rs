@@ -1,7 +1,8 @@
-//! `datanode --health-check [URL]`: asks a running data node over
-//! `grpc.health.v1` whether it is serving, and exits 0 or 1. Container
-//! health checks use it: a `FROM scratch` image has no shell, curl or
-//! grpc_health_probe, only this binary.
+//! `datanode --health-check [URL]` (liveness) and `datanode --ready-check
+//! [URL]` (readiness): ask a running data node over `grpc.health.v1`
+//! whether it is serving, or whether it holds its share of the keys, and
+//! exit 0 or 1. Container health checks use them: a `FROM scratch` image has
+//! no shell, curl or grpc_health_probe, only this binary.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -14,8 +15,14 @@ use tonic_health::pb::HealthCheckRequest;
 
 /// Name of the flag (and of its clap argument id).
 pub const FLAG: &str = "health-check";
-/// The service whose status is asked for.
+/// Name of the readiness flag (and of its clap argument id).
+pub const READY_FLAG: &str = "ready-check";
+/// The service whose status is asked for: the node is alive and serving.
 pub const SERVICE: &str = "ringcache.v1.DataNode";
+/// SERVING only while the node holds its share of the keys (synced: not
+/// warming up or being repaired). For readiness probes; liveness probes
+/// ask [`SERVICE`], so that a node warming up slowly is not killed.
+pub const READY_SERVICE: &str = "ringcache.v1.DataNode.Ready";
 /// Longest a check may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -27,10 +34,26 @@ pub fn arg() -> clap::Arg {
     )
 }
 
+/// The `--ready-check [URL]` flag, to add to the node's command line.
+pub fn ready_arg() -> clap::Arg {
+    named_flag(
+        READY_FLAG,
+        "Check that the data node at URL (default: this node's --listen port \
+             on loopback) holds its share of the keys (synced, not warming up or \
+             being repaired) over grpc.health.v1 (service ringcache.v1.DataNode.Ready), \
+             then exit 0 if it does, 1 if not",
+    )
+    .conflicts_with(FLAG)
+}
+
 /// A `--health-check [URL]` flag with `help` (shared with the manager).
 pub fn flag(help: &'static str) -> clap::Arg {
-    clap::Arg::new(FLAG)
-        .long(FLAG)
+    named_flag(FLAG, help)
+}
+
+fn named_flag(name: &'static str, help: &'static str) -> clap::Arg {
+    clap::Arg::new(name)
+        .long(name)
         .value_name("URL")
         .num_args(0..=1)
         .default_missing_value("")
@@ -56,18 +79,33 @@ pub fn local_url(listen: SocketAddr) -> String {
 /// The URL given to `--health-check`, `default` when the flag came without
 /// one, `None` when it is absent. Shared with the manager's check.
 pub fn requested_url(matches: &clap::ArgMatches, default: String) -> Option<String> {
-    let url = matches.get_one::<String>(FLAG)?;
+    flag_url(matches, FLAG, default)
+}
+
+fn flag_url(matches: &clap::ArgMatches, flag: &str, default: String) -> Option<String> {
+    // `try_`: the manager's command line has no readiness flag.
+    let url = matches.try_get_one::<String>(flag).ok().flatten()?;
     Some(if url.is_empty() { default } else { url.clone() })
 }
 
-/// The URL to check when `--health-check` was given, `None` otherwise.
-pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<String> {
-    requested_url(matches, local_url(listen))
+/// The URL and service to check when `--health-check` or `--ready-check`
+/// was given, `None` otherwise.
+pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<(String, &'static str)> {
+    if let Some(url) = flag_url(matches, READY_FLAG, local_url(listen)) {
+        return Some((url, READY_SERVICE));
+    }
+    requested_url(matches, local_url(listen)).map(|url| (url, SERVICE))
 }
 
 /// Asks the node at `url` (`http://host:port`) for the status of
 /// [`SERVICE`]; `Ok` only when it is `SERVING`.
 pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
+    check_service(url, SERVICE, timeout).await
+}
+
+/// Asks the node at `url` for the status of `service`; `Ok` only when it
+/// is `SERVING`.
+pub async fn check_service(url: &str, service: &str, timeout: Duration) -> Result<(), String> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?
         .connect_timeout(timeout)
@@ -79,7 +117,7 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
             .map_err(|e| format!("cannot connect to {url}: {}", chain(&e)))?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
-                service: SERVICE.to_string(),
+                service: service.to_string(),
             })
             .await
             .map_err(|s| format!("health check at {url} failed: {s}"))?
@@ -87,7 +125,7 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
             .status();
         match status {
             ServingStatus::Serving => Ok(()),
-            other => Err(format!("{SERVICE} at {url} is {}", other.as_str_name())),
+            other => Err(format!("{service} at {url} is {}", other.as_str_name())),
         }
     };
     tokio::time::timeout(timeout, call)
@@ -95,11 +133,12 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
         .map_err(|_| format!("no answer from {url} within {timeout:?}"))?
 }
 
-/// Runs the check and reports it the way container health checks read it.
-pub async fn run(url: &str) -> ExitCode {
+/// Runs the check of `service` and reports it the way container health
+/// checks read it.
+pub async fn run(url: &str, service: &str) -> ExitCode {
     report(
-        check(url, TIMEOUT).await,
-        &format!("{SERVICE} at {url} is SERVING"),
+        check_service(url, service, TIMEOUT).await,
+        &format!("{service} at {url} is SERVING"),
     )
 }
 

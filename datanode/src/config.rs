@@ -25,7 +25,8 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// Node identity reported in stats and events (default: the listen address).
+    /// Node identity reported in stats and events (default: the listen
+    /// address; with an unspecified one such as 0.0.0.0, `<hostname>:<port>`).
     #[arg(long, env = "DATANODE_ID")]
     pub id: Option<String>,
 

@@ -8,11 +8,14 @@ use ringcache_datanode::{serve, shutdown_signal, NodeOptions};
 
 fn main() -> std::process::ExitCode {
     process::init_logging();
-    let matches = NodeOptions::command().arg(health::arg()).get_matches();
+    let matches = NodeOptions::command()
+        .arg(health::arg())
+        .arg(health::ready_arg())
+        .get_matches();
     let opts = NodeOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     process::block_on(opts.worker_threads, async move {
-        if let Some(url) = health::requested(&matches, opts.listen) {
-            return health::run(&url).await;
+        if let Some((url, service)) = health::requested(&matches, opts.listen) {
+            return health::run(&url, service).await;
         }
         let Some(listener) = process::bind(opts.listen).await else {
             return std::process::ExitCode::FAILURE;

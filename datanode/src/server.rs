@@ -2,6 +2,7 @@
 //! sweeper tasks, all stopped by one shutdown signal.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use futures::StreamExt;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::config::NodeOptions;
 use crate::node::Node;
 use crate::service::DataNodeService;
 use ringcache_common::auth::RequireToken;
+use ringcache_common::health;
 
 /// Slots the expiry crawler examines per shard lock hold (about 1 us).
 const SWEEP_BUDGET: usize = 256;
@@ -57,7 +59,7 @@ pub async fn serve(
             "fewer shards, so that each can hold the largest entry"
         );
     }
-    let id = opts.id.clone().unwrap_or_else(|| addr.to_string());
+    let id = opts.id.clone().unwrap_or_else(|| default_id(addr));
     let token = CancellationToken::new();
     let node = Node::new(&opts, id, token.clone());
     tracing::info!(
@@ -84,6 +86,7 @@ pub async fn serve(
     health
         .set_serving::<DataNodeServer<DataNodeService>>()
         .await;
+    follow_readiness(&node, health.clone()).await;
     let health_service = HealthServer::new(SpecHealth {
         inner: HealthService::from_health_reporter(health),
         stop: token.clone(),
@@ -225,6 +228,53 @@ impl Health for SpecHealth {
             Err(s) => Err(s),
         }
     }
+}
+
+/// The id of a node started without `--id`: the listen address, or, when
+/// that is unspecified (`0.0.0.0`: every container of a scaled compose
+/// service, every pod), `<hostname>:<port>`, which tells such nodes apart
+/// (in a StatefulSet the pod name, stable across restarts).
+fn default_id(addr: SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(h) if !h.trim().is_empty() => format!("{}:{}", h.trim(), addr.port()),
+        _ => addr.to_string(),
+    }
+}
+
+/// Keeps the readiness service ([`health::READY_SERVICE`]) of `health`
+/// SERVING exactly while the node holds its share: a node that is warming
+/// up or being repaired is alive (liveness stays SERVING) but must not be
+/// counted as ready by an orchestrator that restarts the next node then.
+async fn follow_readiness(node: &Arc<Node>, health: tonic_health::server::HealthReporter) {
+    let mut synced = node.sync_state().synced();
+    let status = |ready: bool| {
+        if ready {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    let ready = *synced.borrow_and_update();
+    health
+        .set_service_status(health::READY_SERVICE, status(ready))
+        .await;
+    let token = node.shutdown_token().clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                r = synced.changed() => if r.is_err() { break },
+            }
+            let ready = *synced.borrow_and_update();
+            tracing::info!(ready, "readiness changed");
+            health
+                .set_service_status(health::READY_SERVICE, status(ready))
+                .await;
+        }
+    });
 }
 
 fn spawn_background(node: &Arc<Node>, opts: &NodeOptions) {

@@ -93,6 +93,9 @@ pub struct SyncState {
     scanned: AtomicU64,
     to_scan: AtomicU64,
     pulls_running: AtomicU32,
+    /// Whether the node holds its share (not syncing), for the readiness
+    /// check: sent under the phase lock, so it follows the phase's order.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl SyncState {
@@ -109,7 +112,14 @@ impl SyncState {
             scanned: AtomicU64::new(0),
             to_scan: AtomicU64::new(0),
             pulls_running: AtomicU32::new(0),
+            synced: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Follows whether the node holds its share (true once a manager ended
+    /// its sync, false again while it is repaired).
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     pub fn is_syncing(&self) -> bool {
@@ -136,6 +146,7 @@ impl SyncState {
             p.generation += 1;
             p.since = if p.syncing { p.since.min(since) } else { since };
             p.syncing = true;
+            self.synced.send_replace(false);
         }
         (p.generation, p.since)
     }
@@ -146,6 +157,7 @@ impl SyncState {
         let mut p = lock(&self.phase);
         if p.syncing && p.generation == generation {
             p.syncing = false;
+            self.synced.send_replace(true);
         }
         !p.syncing
     }
@@ -381,5 +393,20 @@ mod tests {
         assert!(s.is_syncing());
         assert!(s.end(g2));
         assert!(s.end(g1), "already synced");
+    }
+
+    #[test]
+    fn readiness_follows_the_sync_phase() {
+        let s = SyncState::new();
+        let ready = s.synced();
+        assert!(!*ready.borrow(), "a new process does not hold its share");
+        let (g, _) = s.begin(0);
+        assert!(!*ready.borrow());
+        assert!(s.end(g));
+        assert!(*ready.borrow());
+        let (g, _) = s.begin(10);
+        assert!(!*ready.borrow(), "a repair makes it not ready again");
+        assert!(!s.end(g + 1) && !*ready.borrow());
+        assert!(s.end(g) && *ready.borrow());
     }
 }

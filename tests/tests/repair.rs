@@ -5,7 +5,9 @@
 //! of concurrent writes. Real processes on loopback; nodes are read
 //! directly over gRPC where the test is about what one node holds.
 
-use ringcache_tests::{wait_until, Api, Held, NodeConn, Proc, Relay, TestCluster};
+use ringcache_tests::{
+    wait_until, wait_until_for, Api, Held, NodeConn, Proc, Relay, TestCluster, LONG_DEADLINE,
+};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 const MANAGER_ARGS: &[&str] = &["--heartbeat-timeout", "2s", "--node-timeout", "500ms"];
@@ -305,4 +307,56 @@ async fn a_read_that_falls_over_writes_the_value_back() {
     })
     .await;
     assert!(restored >= 3, "{restored} of {keys} copies restored");
+}
+
+/// Runs `datanode --ready-check URL` (what a container health check or a
+/// Kubernetes readiness probe runs) and returns whether it exited 0.
+fn ready(node: &Proc) -> bool {
+    std::process::Command::new(ringcache_tests::bin_path("datanode"))
+        .args(["--ready-check", &node.grpc_uri()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What an orchestrator's rolling update does (a StatefulSet's
+/// `rollout restart`, a script waiting on compose health checks): restart
+/// each node in turn and wait only for its readiness check, never for the
+/// manager's view. With a throttled copy the warm-up takes seconds; a
+/// readiness that meant "process started" would restart the next node
+/// while the previous one still lacked its share, and lose the keys whose
+/// two replicas were those two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_waiting_only_for_readiness_loses_no_key() {
+    let node_args = &["--heartbeat-interval", "100ms", "--sync-rate", "256KiB"];
+    let mut c = TestCluster::start(node_args, MANAGER_ARGS).await;
+    let keys = 4000;
+    let value = "x".repeat(100);
+    write_keys(&c.api, "roll", keys, &value).await;
+    for n in &c.nodes {
+        assert!(ready(n), "{} is not ready before the restarts", n.name);
+    }
+    for i in 0..c.nodes.len() {
+        c.nodes[i].restart("data node serving gRPC");
+        // A fresh process holds nothing: it must not be ready at once.
+        assert!(
+            !ready(&c.nodes[i]),
+            "{} reported ready before its warm-up",
+            c.nodes[i].name
+        );
+        let node = &c.nodes[i];
+        wait_until_for("readiness after restart", LONG_DEADLINE, || async {
+            ready(node).then_some(())
+        })
+        .await;
+    }
+    let mut lost = 0;
+    for k in 0..keys {
+        let r = c.api.get(&format!("roll{k}")).await;
+        if (r.status, r.text()) != (200, value.clone()) {
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 0, "{lost} of {keys} keys lost by the rolling restart");
 }
