@@ -70,6 +70,13 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_VNODES", default_value_t = DEFAULT_VNODES)]
     pub vnodes: usize,
 
+    /// Ignore versions further ahead of this machine's clock than this, in
+    /// nodes' answers and heartbeats (a clock set far ahead, a forged
+    /// version): they would drag this manager's clock into the future.
+    /// Counted in /metrics (ringcache_future_versions_ignored_total).
+    #[arg(long, env = "MANAGER_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub max_clock_skew: Duration,
+
     /// Deadline of each call to a data node, e.g. 1s or 300ms.
     #[arg(long, env = "MANAGER_NODE_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
     pub node_timeout: Duration,
