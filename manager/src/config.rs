@@ -35,6 +35,14 @@ pub struct ManagerOptions {
     #[arg(long = "etcd", env = "MANAGER_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
 
+    /// With --etcd, a data node found through a DNS name in --nodes (a
+    /// scaled compose service, a Kubernetes headless Service) is removed
+    /// from the placement only once its address has been missing from the
+    /// answers this long: a pod briefly not ready, or a container
+    /// restarting, must not start a hand-off and another one back.
+    #[arg(long, env = "MANAGER_DISCOVERY_GRACE", default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub discovery_grace: Duration,
+
     /// Name of this cluster in etcd: its keys live under
     /// `/ringcache/<name>/`, so one etcd can serve several clusters.
     #[arg(long, env = "MANAGER_CLUSTER_NAME", default_value = "default")]

@@ -155,6 +155,7 @@ async fn run(
             store.clone(),
             cluster.clone(),
             placement::discover::names(&opts.nodes),
+            opts.discovery_grace,
             token.clone(),
         ));
         tokio::spawn(placement::handoff::drive(
