@@ -381,6 +381,9 @@ pub struct Cluster {
     registered: AtomicBool,
     /// Versions seen too far ahead of the clock, and ignored.
     future_versions: AtomicU64,
+    /// Another manager was found on a node while this one has no etcd
+    /// (logged once).
+    unprotected: AtomicBool,
 }
 
 impl Cluster {
@@ -414,6 +417,7 @@ impl Cluster {
             managers: Mutex::new((0, Vec::new())),
             registered: AtomicBool::new(false),
             future_versions: AtomicU64::new(0),
+            unprotected: AtomicBool::new(false),
         };
         if !managed {
             c.rebuild_ring();
@@ -457,6 +461,55 @@ impl Cluster {
                 "ignored a version too far ahead of this manager's clock");
         }
         false
+    }
+
+    /// The other managers subscribed to the nodes (their `Stats` list the
+    /// subscribers), sorted.
+    pub fn other_managers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .nodes()
+            .iter()
+            .filter(|n| !n.is_retired())
+            .filter_map(|n| n.info().stats)
+            .flat_map(|s| s.subscribers)
+            .filter(|id| id != &self.me)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What an operator should know about this set-up: several managers
+    /// without etcd have no read leases, so a partition between one of them
+    /// and a node can let another serve values that node missed.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.managed {
+            return Vec::new();
+        }
+        let others = self.other_managers();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "{} other manager(s) use these data nodes ({}), and this manager runs without --etcd: \
+             there are no read leases, so a partition between one manager and a node can let \
+             another manager read values that node missed. Give every manager the same --etcd \
+             (docs/design/membership.md)",
+            others.len(),
+            others.join(", ")
+        )]
+    }
+
+    /// Logs [`Cluster::warnings`] the first time there is one.
+    pub(crate) fn check_protection(&self, subscribers: &[String]) {
+        if self.managed || !subscribers.iter().any(|s| s != &self.me) {
+            return;
+        }
+        if !self.unprotected.swap(true, Ordering::Relaxed) {
+            for w in self.warnings() {
+                tracing::warn!("{w}");
+            }
+        }
     }
 
     /// Versions ignored for being too far ahead (see [`Cluster::observe`]).

@@ -81,7 +81,7 @@ async fn session(
     let skip_invalidations = cluster.near_cache().is_none();
     let mut stream = node
         .client
-        .subscribe(skip_invalidations)
+        .subscribe(skip_invalidations, cluster.me())
         .await
         .map_err(|e| e.to_string())?;
     let first = next_event(&mut stream, heartbeat_timeout).await?;
@@ -440,6 +440,7 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
     });
     let Some(s) = stats else { return };
     cluster.observe(index, s.clock);
+    cluster.check_protection(&s.subscribers);
     if s.sync.as_ref().is_some_and(|y| y.syncing) {
         cluster.needs_repair(index);
     }

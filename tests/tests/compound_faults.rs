@@ -56,6 +56,8 @@ async fn a_partition_then_a_crash_of_the_cut_off_manager_serves_nothing_stale() 
     b.await_members(&["node1", "node2", "node3"]).await;
     a.await_all_up().await;
     b.await_all_up().await;
+    // Both managers share etcd: protected, nothing to warn about.
+    assert_eq!(b.cluster().await["warnings"], serde_json::json!([]));
     let node2 = NodeConn::connect(&nodes[1]).await;
     wait_until_for("node2 to require both leases", LONG_DEADLINE, || async {
         (required_leases(&node2).await == 2).then_some(())
