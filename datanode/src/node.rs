@@ -232,9 +232,13 @@ impl Node {
         if node_id.is_empty() || node_id.len() > 1024 {
             return Err(NodeError::BadNodeId(node_id.chars().take(64).collect()));
         }
-        let generation = self.marks.mark(node_id, since);
-        tracing::info!(node = %node_id, since, generation, "dirty mark recorded");
-        self.publish_status();
+        let (generation, news) = self.marks.mark(node_id, since);
+        if news {
+            tracing::info!(node = %node_id, since, generation, "dirty mark recorded");
+            self.publish_status();
+        } else {
+            tracing::debug!(node = %node_id, since, generation, "dirty mark renewed");
+        }
         Ok(generation)
     }
 

@@ -53,6 +53,17 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The node refused a write's version as too far ahead of its clock.
+    pub fn is_version_too_new(&self) -> bool {
+        matches!(
+            self,
+            CallError::Refused {
+                refusal: Refusal::VersionTooNew,
+                ..
+            }
+        )
+    }
+
     /// Whether the failure says the node is unreachable or unhealthy (as
     /// opposed to it refusing this particular request).
     pub fn is_node_failure(&self) -> bool {
