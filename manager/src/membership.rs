@@ -378,6 +378,14 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         if ranges.is_empty() {
             continue;
         }
+        if since == 0 {
+            // A fresh node must not fill from a peer that may lack writes
+            // (being repaired, or marked): it would serve that peer's older
+            // values, and hand them back to it if the peer's repair then
+            // copies from it in full. It waits for that repair, which does
+            // not wait for it.
+            await_trusted(cluster, peer_index).await?;
+        }
         if !peer.writable() {
             if since > 0 {
                 let dropped = node
@@ -412,6 +420,44 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         }
     }
     Ok(())
+}
+
+/// Longest a warm-up waits for a peer's repair before giving up (and
+/// being tried again).
+const TRUST_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until node `index` holds every write acknowledged with it as a
+/// replica: no node lists a dirty mark for it, and it is not being repaired
+/// (a fresh instance warming up is fine: it only ever copies from such
+/// nodes). A node this manager cannot ask is not waited for (the caller
+/// finds it unreachable).
+async fn await_trusted(cluster: &Cluster, index: usize) -> Result<(), String> {
+    let nodes = cluster.nodes();
+    let peer = &nodes[index];
+    let Some(id) = peer.id() else { return Ok(()) };
+    let deadline = tokio::time::Instant::now() + TRUST_PATIENCE;
+    let mut logged = false;
+    loop {
+        let Ok(stats) = peer.client.stats().await else {
+            return Ok(());
+        };
+        let sync = stats.sync.unwrap_or_default();
+        let repairing = sync.syncing && sync.since > 0;
+        if !repairing && peer_marks(cluster, index, &id).await.is_empty() {
+            return Ok(());
+        }
+        if !logged {
+            logged = true;
+            tracing::info!(peer = %peer.addr(), "warm-up waits for the peer's repair before copying from it");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "peer {} still lacks writes after {TRUST_PATIENCE:?}",
+                peer.addr()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn next_event(
