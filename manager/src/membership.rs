@@ -426,11 +426,10 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
 /// being tried again).
 const TRUST_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Waits until node `index` holds every write acknowledged with it as a
-/// replica: no node lists a dirty mark for it, and it is not being repaired
-/// (a fresh instance warming up is fine: it only ever copies from such
-/// nodes). A node this manager cannot ask is not waited for (the caller
-/// finds it unreachable).
+/// Waits until node `index` can be copied from by a fresh node: it is a
+/// fresh instance itself (it only ever copied from such nodes), or it is
+/// not being repaired and no node lists a dirty mark for it. A node this
+/// manager cannot ask is not waited for (the caller finds it unreachable).
 async fn await_trusted(cluster: &Cluster, index: usize) -> Result<(), String> {
     let nodes = cluster.nodes();
     let peer = &nodes[index];
@@ -442,8 +441,13 @@ async fn await_trusted(cluster: &Cluster, index: usize) -> Result<(), String> {
             return Ok(());
         };
         let sync = stats.sync.unwrap_or_default();
-        let repairing = sync.syncing && sync.since > 0;
-        if !repairing && peer_marks(cluster, index, &id).await.is_empty() {
+        // A fresh instance holds only writes it took and copies from
+        // trusted peers, whatever marks say about the instance before it
+        // (two fresh nodes must not wait for each other).
+        if sync.syncing && sync.since == 0 {
+            return Ok(());
+        }
+        if !sync.syncing && peer_marks(cluster, index, &id).await.is_empty() {
             return Ok(());
         }
         if !logged {
