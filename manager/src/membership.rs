@@ -10,6 +10,7 @@ use ringcache_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, NodeHandle, NodeState};
+use crate::listener::EventListener;
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -24,21 +25,23 @@ const PEER_PATIENCE: Duration = Duration::from_secs(3);
 const REPAIR_PAUSE_MIN: Duration = Duration::from_millis(100);
 const REPAIR_PAUSE_MAX: Duration = Duration::from_secs(2);
 
-/// Receives what the nodes publish (the near cache listens here).
-pub trait EventListener: Send + Sync + 'static {
-    /// One event from node `node` (index in the cluster).
-    fn on_event(&self, node: usize, event: &pb::Event);
-    /// Everything learned from `node` must be treated as unknown: its stream
-    /// broke, had a gap, lagged, or the node restarted.
-    fn on_reset(&self, node: usize);
-}
-
-/// Listener that ignores everything.
-pub struct NoListener;
-
-impl EventListener for NoListener {
-    fn on_event(&self, _: usize, _: &pb::Event) {}
-    fn on_reset(&self, _: usize) {}
+/// Starts the membership task of every node of `cluster`, and of every
+/// node it adds later.
+pub fn start(
+    cluster: &Arc<Cluster>,
+    heartbeat_timeout: Duration,
+    listener: Arc<dyn EventListener>,
+    shutdown: CancellationToken,
+) {
+    cluster.start_sessions(Box::new(move |cluster, index| {
+        Box::pin(watch(
+            cluster,
+            index,
+            heartbeat_timeout,
+            listener.clone(),
+            shutdown.clone(),
+        ))
+    }));
 }
 
 /// Watches node `index` until `shutdown` is cancelled.
