@@ -78,6 +78,10 @@ pub struct NodeHandle {
     pub client: NodeClient,
     /// Id given with `--nodes id=addr`: the node must report it.
     pinned_id: Option<String>,
+    /// Created for a placement member (its address is the placement's),
+    /// not from this manager's `--nodes` (an address of its own choosing,
+    /// e.g. through a relay or another name for the same node).
+    from_placement: bool,
     state: AtomicU8,
     info: Mutex<NodeInfo>,
     /// Wakes the node's membership task when a request marks it down.
@@ -111,6 +115,7 @@ impl NodeHandle {
         Self {
             client,
             pinned_id,
+            from_placement: false,
             state: AtomicU8::new(NodeState::Unknown as u8),
             info: Mutex::new(info),
             down: Notify::new(),
@@ -729,9 +734,12 @@ impl Cluster {
     fn member_node(self: &Arc<Self>, id: &str, address: &str) -> Option<usize> {
         let uri = crate::config::node_uri(address);
         if let Some(i) = self.index_of(id) {
-            // At a new address, the member gets a new handle (the old one
-            // is retired when the placement is installed).
-            if self.node(i).addr() == uri {
+            // A member the placement moved to a new address gets a new
+            // handle there (the old one is retired when the placement is
+            // installed); one this manager reaches at an address of its own
+            // (`--nodes`) keeps it.
+            let node = self.node(i);
+            if !node.from_placement || node.addr() == uri {
                 return Some(i);
             }
         }
@@ -750,7 +758,9 @@ impl Cluster {
                 return None;
             }
         };
-        let handle = Arc::new(NodeHandle::with_id(client, Some(id.to_string())));
+        let mut handle = NodeHandle::with_id(client, Some(id.to_string()));
+        handle.from_placement = true;
+        let handle = Arc::new(handle);
         let index = {
             let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
             let mut next = (**nodes).clone();
