@@ -389,7 +389,11 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
             // not wait for it.
             await_trusted(cluster, peer_index).await?;
         }
-        if !peer.writable() {
+        // Down in this manager's view is not enough to call the peer
+        // unreachable: this manager may merely not have reconnected to it
+        // yet (its own network just came back). Dropping the shared ranges
+        // then loses keys, and the peer's own repair copies the loss.
+        if !peer.writable() && !reachable_soon(peer).await {
             if since > 0 {
                 let dropped = node
                     .client
@@ -423,6 +427,25 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         }
     }
     Ok(())
+}
+
+/// Longest a repair waits for a peer this manager takes for down before
+/// calling it unreachable (and dropping the ranges shared with it).
+const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Whether `peer` answers, now or within [`UNREACHABLE_PATIENCE`]: it is
+/// taken for up again here, or answers a `Stats` call.
+async fn reachable_soon(peer: &NodeHandle) -> bool {
+    let deadline = tokio::time::Instant::now() + UNREACHABLE_PATIENCE;
+    loop {
+        if peer.writable() || peer.client.stats().await.is_ok() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Longest a warm-up waits for a peer's repair before giving up (and
