@@ -84,6 +84,13 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_TOMBSTONE_TTL", default_value = "5m", value_parser = parse_interval)]
     pub tombstone_ttl: Duration,
 
+    /// Refuse a write whose version is further ahead of this machine's
+    /// clock than this (a writer's clock set far ahead, a forged version):
+    /// one such version would stay above every later write of its key.
+    /// Keep it well above the clock offsets between your hosts.
+    #[arg(long, env = "DATANODE_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_interval)]
+    pub max_clock_skew: Duration,
+
     /// Rate at which this node sends its entries to a peer that repairs or
     /// warms up from it, e.g. 64MiB (per second, per copy).
     #[arg(long, env = "DATANODE_SYNC_RATE", default_value = "64MiB", value_parser = parse_rate)]
@@ -122,6 +129,7 @@ impl NodeOptions {
             max_items: self.max_items,
             shards: self.effective_shards(),
             tombstone_ttl: self.tombstone_ttl,
+            max_clock_skew: self.max_clock_skew,
         }
     }
 }

@@ -19,6 +19,7 @@ impl NodeError {
             | NodeError::Store(StoreError::TooLarge { .. } | StoreError::Full) => {
                 pb::ErrorReason::TooLarge
             }
+            NodeError::Store(StoreError::VersionTooNew { .. }) => pb::ErrorReason::VersionTooNew,
         }
     }
 }
@@ -28,6 +29,7 @@ fn code(reason: pb::ErrorReason) -> Code {
         pb::ErrorReason::InvalidRequest => Code::InvalidArgument,
         pb::ErrorReason::TooLarge => Code::ResourceExhausted,
         pb::ErrorReason::StalePlacement => Code::FailedPrecondition,
+        pb::ErrorReason::VersionTooNew => Code::OutOfRange,
         pb::ErrorReason::Unspecified => Code::Internal,
     }
 }

@@ -48,6 +48,8 @@ pub struct StoreConfig {
     pub shards: usize,
     /// How long a deleted key's tombstone is kept.
     pub tombstone_ttl: Duration,
+    /// How far ahead of this machine's wall clock a write's version may be.
+    pub max_clock_skew: Duration,
 }
 
 /// The node's defaults (its flags' own: `config.rs`).
@@ -66,6 +68,12 @@ pub enum StoreError {
     KeyTooLong { len: usize },
     #[error("the shard holds as many entries as its index can number")]
     Full,
+    #[error("version {version} is {ahead:?} ahead of this node's clock, more than --max-clock-skew ({max:?}) allows")]
+    VersionTooNew {
+        version: u64,
+        ahead: Duration,
+        max: Duration,
+    },
 }
 
 /// A value found by [`Store::read`].
@@ -331,7 +339,7 @@ impl Store {
                 })
             })
             .collect();
-        let clock = Hlc::random();
+        let clock = Hlc::random().with_max_skew(config.max_clock_skew);
         // A new instance holds nothing written before it started.
         let started = clock.now();
         Self {
@@ -477,9 +485,16 @@ impl Store {
         }
         let version = if version == 0 {
             self.inner.clock.next()
-        } else {
-            self.inner.clock.observe(version);
+        } else if self.inner.clock.observe(version) {
             version
+        } else {
+            // Stored, it would stay above every later write of the key, and
+            // every manager would follow this node's clock into the future.
+            return Err(StoreError::VersionTooNew {
+                version,
+                ahead: ringcache_common::version::ahead_of_wall(version),
+                max: self.inner.clock.max_skew(),
+            });
         };
         let size = entry_size(key, value.unwrap_or_default());
         let now = self.now_ms();
@@ -822,6 +837,7 @@ mod tests {
                 max_items,
                 shards,
                 tombstone_ttl: Duration::from_secs(60),
+                max_clock_skew: ringcache_common::version::DEFAULT_MAX_SKEW,
             },
             EventBus::new(1024),
         )
@@ -1221,6 +1237,35 @@ mod tests {
     }
 
     #[test]
+    fn a_version_far_ahead_of_the_clock_is_refused_and_not_followed() {
+        let s = store(1 << 20, None, 2);
+        let w = |version, value: &'static [u8]| Write {
+            key: "k",
+            value: Some(value),
+            ttl: None,
+            version,
+        };
+        let ok = s.clock().next();
+        assert!(matches!(
+            s.apply(w(ok, b"old")),
+            Ok(Outcome::Applied { .. })
+        ));
+        // What a forged Set sent with grpcurl carried.
+        let err = s.apply(w(u64::MAX - 5000, b"bad")).unwrap_err();
+        assert!(matches!(err, StoreError::VersionTooNew { .. }), "{err:?}");
+        assert!(err.to_string().contains("--max-clock-skew"), "{err}");
+        assert_eq!(&s.get("k").unwrap().value[..], b"old");
+        // The clock did not follow it: a later ordinary write still wins.
+        assert!(s.clock().latest() < u64::MAX / 2);
+        let next = s.clock().next();
+        assert!(matches!(
+            s.apply(w(next, b"new")),
+            Ok(Outcome::Applied { .. })
+        ));
+        assert_eq!(&s.get("k").unwrap().value[..], b"new");
+    }
+
+    #[test]
     fn hash_ranges_wrap_and_merge() {
         let r = HashRanges::new([(10, 20), (u64::MAX - 5, 3), (15, 30)]);
         for h in [11, 20, 25, 30, u64::MAX, 0, 3] {
@@ -1318,6 +1363,7 @@ mod schedules {
             max_items: None,
             shards,
             tombstone_ttl: Duration::from_secs(300),
+            max_clock_skew: ringcache_common::version::DEFAULT_MAX_SKEW,
         };
         Store::new(&config, EventBus::new(1024))
     }

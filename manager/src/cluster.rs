@@ -12,7 +12,7 @@
 //!   miss falls over to the next, and a value found there is written back
 //!   to the replica that missed it (read repair).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::client::Connect;
 use crate::client::{CallError, Change, NodeClient, Read, Written};
+use crate::marks::{self, MarkQueue, Next};
 use crate::membership::EventListener;
 use crate::near_cache::NearCache;
 use crate::placement::{Placement, Versioned};
@@ -72,13 +73,6 @@ pub struct NodeInfo {
     pub heartbeat_seq: Option<u64>,
 }
 
-/// This manager's record that a node missed writes: from `since` on, with
-/// the broadcast of its dirty mark to the peers (true once done).
-struct Missed {
-    since: u64,
-    marked: watch::Receiver<bool>,
-}
-
 /// One data node: its client, its state and what it reported.
 pub struct NodeHandle {
     pub client: NodeClient,
@@ -90,7 +84,8 @@ pub struct NodeHandle {
     down: Notify,
     /// Wakes the node's membership task when it must be repaired.
     repair: Notify,
-    missed: Mutex<Option<Missed>>,
+    /// Dirty marks this manager places for the node (writes it missed).
+    marks: MarkQueue,
     /// Cancelled when the node leaves the placement: ends its membership
     /// task; the handle stays (indices are stable) but is never used again.
     retired: CancellationToken,
@@ -120,7 +115,7 @@ impl NodeHandle {
             info: Mutex::new(info),
             down: Notify::new(),
             repair: Notify::new(),
-            missed: Mutex::new(None),
+            marks: MarkQueue::default(),
             retired: CancellationToken::new(),
             renewed: Mutex::new(None),
         }
@@ -170,13 +165,14 @@ impl NodeHandle {
     }
 
     /// Takes the node out of reads and writes; it is repaired when it
-    /// answers again.
-    pub fn mark_down(&self, reason: &str) {
+    /// answers again. True if it was not down already.
+    pub fn mark_down(&self, reason: &str) -> bool {
         let prev = NodeState::from_u8(self.state.swap(NodeState::Down as u8, Ordering::AcqRel));
         if prev != NodeState::Down {
             tracing::warn!(node = %self.addr(), from = ?prev, reason, "node down");
             self.down.notify_one();
         }
+        prev != NodeState::Down
     }
 
     /// Moves `from` → `to` unless someone changed the state meanwhile (a
@@ -193,11 +189,13 @@ impl NodeHandle {
     }
 
     /// Stops reading an up node and has its membership task repair it
-    /// (another manager's mark says it missed writes).
-    pub(crate) fn request_repair(&self) {
-        if self.transition(NodeState::Up, NodeState::Syncing) {
+    /// (another manager's mark says it missed writes). True if it was up.
+    fn request_repair(&self) -> bool {
+        let was_up = self.transition(NodeState::Up, NodeState::Syncing);
+        if was_up {
             self.repair.notify_one();
         }
+        was_up
     }
 
     pub(crate) async fn marked_down(&self) {
@@ -210,16 +208,13 @@ impl NodeHandle {
 
     /// The version from which this manager knows the node missed writes.
     pub(crate) fn missed_since(&self) -> Option<u64> {
-        lock(&self.missed).as_ref().map(|m| m.since)
+        self.marks.missed()
     }
 
-    /// Forgets what this manager knew the node missed, if nothing was added
-    /// since `since` was read.
+    /// Forgets what this manager knew the node missed, unless an older
+    /// version was missed since `since` was read.
     pub(crate) fn repaired(&self, since: Option<u64>) {
-        let mut m = lock(&self.missed);
-        if m.as_ref().map(|m| m.since) == since {
-            *m = None;
-        }
+        self.marks.repaired(since);
     }
 }
 
@@ -236,6 +231,12 @@ pub enum ClusterError {
     StalePlacement,
     #[error("entry of {size} bytes is larger than replica {node} can store ({limit} bytes)")]
     TooLarge { size: u64, limit: u64, node: String },
+    #[error("replica {node} holds version {version} of the key, {ahead:?} ahead of this manager's clock (more than --max-clock-skew): not overwritten")]
+    VersionTooNew {
+        node: String,
+        version: u64,
+        ahead: Duration,
+    },
     #[error("{0}")]
     Rejected(CallError),
 }
@@ -378,6 +379,8 @@ pub struct Cluster {
     managers: Mutex<(u64, Vec<String>)>,
     /// This manager is in etcd's registry, so nodes hold reads for it.
     registered: AtomicBool,
+    /// Versions seen too far ahead of the clock, and ignored.
+    future_versions: AtomicU64,
 }
 
 impl Cluster {
@@ -410,6 +413,7 @@ impl Cluster {
             lease: None,
             managers: Mutex::new((0, Vec::new())),
             registered: AtomicBool::new(false),
+            future_versions: AtomicU64::new(0),
         };
         if !managed {
             c.rebuild_ring();
@@ -427,6 +431,37 @@ impl Cluster {
 
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    /// Ignores versions more than `skew` ahead of this manager's wall clock
+    /// (`--max-clock-skew`).
+    pub fn with_max_clock_skew(mut self, skew: Duration) -> Self {
+        self.clock = Hlc::random().with_max_skew(skew);
+        self
+    }
+
+    /// Moves this manager's clock past `version`, seen at node `index`,
+    /// unless it is too far ahead: then it is counted, logged, and false
+    /// is returned.
+    pub(crate) fn observe(&self, index: usize, version: u64) -> bool {
+        if self.clock.observe(version) {
+            return true;
+        }
+        let seen = self.future_versions.fetch_add(1, Ordering::Relaxed) + 1;
+        // Every time at first, then less and less often: a node holding
+        // such a version repeats it in every heartbeat.
+        if seen.is_power_of_two() {
+            tracing::warn!(node = %self.node(index).addr(), version,
+                ahead = ?ringcache_common::version::ahead_of_wall(version),
+                max = ?self.clock.max_skew(), seen,
+                "ignored a version too far ahead of this manager's clock");
+        }
+        false
+    }
+
+    /// Versions ignored for being too far ahead (see [`Cluster::observe`]).
+    pub fn future_versions(&self) -> u64 {
+        self.future_versions.load(Ordering::Relaxed)
     }
 
     pub fn lease(&self) -> Option<Duration> {
@@ -808,60 +843,64 @@ impl Cluster {
         }
     }
 
-    /// Node `index` failed: take it out and make sure its peers hold a
-    /// dirty mark for it (once per episode; see [`Cluster::await_marked`]).
+    /// Node `index` failed: take it out, drop what the near cache learned
+    /// from it, and have its peers hold a dirty mark for it, so that every
+    /// manager repairs it before reading it again. The writes it missed
+    /// are marked by each write itself ([`Cluster::await_marked`]); this
+    /// mark, from a guess older than any write of this manager still in
+    /// flight to the node, only tells the other managers early.
     pub fn missed_writes(&self, index: usize, reason: &str) {
         let node = self.node(index);
         if node.is_retired() {
             return;
         }
-        node.mark_down(reason);
-        self.start_marking(index);
+        if node.mark_down(reason) {
+            self.forget_learned(index);
+        }
+        let since = wall_version_ago(node.client.timeout() * (WRITE_ATTEMPTS as u32 + 1));
+        self.mark(index, since);
     }
 
-    /// Starts broadcasting a dirty mark for node `index` unless one is
-    /// under way or done for the current episode.
-    fn start_marking(&self, index: usize) -> watch::Receiver<bool> {
+    /// Node `index` may lack writes (a peer holds a mark for it, or it says
+    /// it is syncing): stop reading it until it is repaired.
+    pub(crate) fn needs_repair(&self, index: usize) {
+        if self.node(index).request_repair() {
+            self.forget_learned(index);
+        }
+    }
+
+    /// The near cache forgets the values it learned from node `index`: they
+    /// may be older than a write the node missed.
+    fn forget_learned(&self, index: usize) {
+        if let Some(near) = &self.near {
+            near.on_reset(index);
+        }
+    }
+
+    /// Queues `Mark{node index, since}` for its peers; returns the round
+    /// to wait for (see [`MarkQueue`]).
+    fn mark(&self, index: usize, since: u64) -> Option<u64> {
         let nodes = self.nodes();
         let node = &nodes[index];
-        let mut missed = lock(&node.missed);
-        if let Some(m) = missed.as_ref() {
-            return m.marked.clone();
+        // Without an id the node is in no replica set: nothing to mark.
+        let id = node.id()?;
+        let (round, start) = node.marks.push(since);
+        if start {
+            tokio::spawn(broadcast_marks(nodes, index, id));
         }
-        // Older than any write of this manager still in flight to the node:
-        // each is bounded by the node timeout, retries included.
-        let since = wall_version_ago(node.client.timeout() * (WRITE_ATTEMPTS as u32 + 1));
-        let (tx, rx) = watch::channel(false);
-        *missed = Some(Missed {
-            since,
-            marked: rx.clone(),
-        });
-        drop(missed);
-        let Some(id) = node.id() else {
-            // Without an id the node is in no replica set: nothing to mark.
-            let _ = tx.send(true);
-            return rx;
-        };
-        let peers: Vec<NodeClient> = nodes
-            .iter()
-            .enumerate()
-            .filter(|&(i, n)| i != index && !n.is_retired() && n.id().is_some())
-            .map(|(_, n)| n.client.clone())
-            .collect();
-        tokio::spawn(async move {
-            let results = futures::future::join_all(peers.iter().map(|p| p.mark(&id, since))).await;
-            let held = results.iter().filter(|r| r.is_ok()).count();
-            tracing::info!(node = %id, since, held, of = peers.len(), "dirty mark broadcast");
-            let _ = tx.send(true);
-        });
-        rx
+        Some(round)
     }
 
-    /// Waits until the peers of node `index` hold its dirty mark.
-    async fn await_marked(&self, index: usize) {
-        let mut rx = self.start_marking(index);
-        // An error means the sender is gone, which happens only once it sent.
-        let _ = rx.wait_for(|done| *done).await;
+    /// Waits (at most the node timeout) until a peer of node `index` holds a
+    /// mark for it from `since` on; false if none does by then.
+    async fn await_marked(&self, index: usize, since: u64) -> bool {
+        let Some(round) = self.mark(index, since) else {
+            return true;
+        };
+        let node = self.node(index);
+        tokio::time::timeout(self.connect.timeout, node.marks.wait(round))
+            .await
+            .is_ok()
     }
 
     /// Reads from the first synced replica that has the key, falling over to
@@ -920,7 +959,7 @@ impl Cluster {
             }
             match r {
                 Ok(Read::Hit(hit)) => {
-                    self.clock.observe(hit.version);
+                    self.observe(i, hit.version);
                     if let (Some(near), Some(generation)) = (&self.near, generation) {
                         near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl, generation);
                     }
@@ -928,14 +967,14 @@ impl Cluster {
                     return Ok(Some(hit.value));
                 }
                 Ok(Read::Deleted(version)) => {
-                    self.clock.observe(version);
+                    self.observe(i, version);
                     return Ok(None);
                 }
                 Ok(Read::Miss) => {
                     answered = true;
                     missed.push(i);
                 }
-                Ok(Read::Syncing) => node.request_repair(),
+                Ok(Read::Syncing) => self.needs_repair(i),
                 // A manager's lease on the node is missing (lost touch, or
                 // not renewed yet after the node came back): ask the next.
                 Ok(Read::Unleased) => unleased = true,
@@ -1040,8 +1079,13 @@ impl Cluster {
         let targets = view.write_targets(key, self.replicas);
         self.check_limits(key, change, &targets)?;
         let mut result = Err(ClusterError::Unavailable);
+        // Replicas that did not take the write's last attempt, and the
+        // version of its first (older than every attempt's).
+        let mut skipped = Vec::new();
+        let mut first = None;
         for attempt in 1..=WRITE_ATTEMPTS {
             let version = self.clock.next();
+            first.get_or_insert(version);
             let live: Vec<usize> = targets
                 .iter()
                 .copied()
@@ -1050,6 +1094,8 @@ impl Cluster {
             if live.is_empty() {
                 return Err(ClusterError::Unavailable.into());
             }
+            skipped.clear();
+            skipped.extend(targets.iter().filter(|i| !live.contains(i)));
             let results = futures::future::join_all(
                 live.iter()
                     .map(|&i| nodes[i].client.write(key, change, version, view.version)),
@@ -1069,26 +1115,41 @@ impl Cluster {
             let mut acked: Option<bool> = None;
             let mut superseded = false;
             let mut refused = None;
+            let mut too_new = None;
             for (&i, r) in live.iter().zip(results) {
                 match r {
                     Ok(Written::Applied(replaced)) => {
                         acked = Some(acked.unwrap_or(false) || replaced)
                     }
+                    Ok(Written::Superseded(newer)) if !self.observe(i, newer) => {
+                        // No write of ours can land above it: writing again
+                        // is useless, and acknowledging would hide that the
+                        // replica keeps its value.
+                        too_new = Some(ClusterError::VersionTooNew {
+                            node: nodes[i].addr().to_string(),
+                            version: newer,
+                            ahead: ringcache_common::version::ahead_of_wall(newer),
+                        });
+                    }
                     Ok(Written::Superseded(newer)) => {
                         self.clock.observe(newer);
                         superseded = true;
                     }
-                    Err(e) => {
-                        if let Some(err) = self.failed(i, e) {
+                    Err(e) => match self.failed(i, e) {
+                        Some(err) => {
                             refused.get_or_insert(err);
                         }
-                    }
+                        None => skipped.push(i),
+                    },
                 }
             }
             // A replica holds something newer: from a concurrent write, or
             // from one that finished before this one started through a
             // manager whose clock is ahead. Writing again above it is right
             // in both cases (the write lands inside its own interval).
+            if let Some(err) = too_new {
+                return Err(err.into());
+            }
             if superseded && attempt < WRITE_ATTEMPTS {
                 continue;
             }
@@ -1105,25 +1166,73 @@ impl Cluster {
         if result.is_ok() {
             // Replicas that missed the write must be known to have missed
             // it, by nodes that outlive this manager, before it is
-            // acknowledged; and, with leases, must have stopped answering
-            // reads (another manager may still reach them).
-            for &i in &targets {
-                if !nodes[i].writable() || nodes[i].missed_since().is_some() {
-                    if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
-                        // The nodes do not wait for our lease: nothing
-                        // stops a reader of the replica that missed it.
-                        return Err(ClusterError::Unavailable.into());
-                    }
-                    self.await_marked(i).await;
-                    self.await_unleased(i).await;
-                    // Still registered (it may have lapsed while waiting).
-                    if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
-                        return Err(ClusterError::Unavailable.into());
-                    }
+            // acknowledged: a mark from this write's version on, placed for
+            // this write (an earlier one may have been cleared by another
+            // manager's repair meanwhile); and, with leases, they must have
+            // stopped answering reads (another manager may still reach them).
+            let since = first.unwrap_or_default();
+            for &i in &skipped {
+                if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
+                    // The nodes do not wait for our lease: nothing
+                    // stops a reader of the replica that missed it.
+                    return Err(ClusterError::Unavailable.into());
+                }
+                if !self.await_marked(i, since).await {
+                    tracing::warn!(node = %nodes[i].addr(), "no peer took the dirty mark in time: write not acknowledged");
+                    return Err(ClusterError::Unavailable.into());
+                }
+                self.await_unleased(i).await;
+                // Still registered (it may have lapsed while waiting).
+                if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
+                    return Err(ClusterError::Unavailable.into());
                 }
             }
         }
         result.map_err(Routed::from)
+    }
+}
+
+/// Sends node `index`'s queued marks to its peers, round after round,
+/// until none is queued. A round counts as held once one peer took it
+/// (the others finish in the background); a round no peer took is tried
+/// again, so no write waiting for it is acknowledged meanwhile.
+async fn broadcast_marks(nodes: Arc<Vec<Arc<NodeHandle>>>, index: usize, id: String) {
+    use futures::StreamExt;
+    let queue = &nodes[index].marks;
+    loop {
+        let (round, since) = match queue.next() {
+            Next::Stop => return,
+            Next::Send { round, since } => (round, since),
+        };
+        let mut calls: futures::stream::FuturesUnordered<_> = nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| i != index && !n.is_retired() && n.id().is_some())
+            .map(|(_, n)| {
+                let (client, id) = (n.client.clone(), id.clone());
+                async move { client.mark(&id, since).await }
+            })
+            .collect();
+        let peers = calls.len();
+        let mut held = false;
+        while let Some(r) = calls.next().await {
+            if r.is_ok() {
+                held = true;
+                break;
+            }
+        }
+        if held {
+            queue.held(round);
+            tracing::debug!(node = %id, since, round, peers, "dirty mark held");
+            tokio::spawn(async move { while calls.next().await.is_some() {} });
+            continue;
+        }
+        if queue.failed(since) {
+            tracing::warn!(node = %id, since, peers, "no peer took the dirty mark; trying again");
+        } else {
+            tracing::error!(node = %id, since, peers, "no peer took the dirty mark; given up");
+        }
+        tokio::time::sleep(marks::RETRY).await;
     }
 }
 

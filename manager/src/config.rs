@@ -35,6 +35,14 @@ pub struct ManagerOptions {
     #[arg(long = "etcd", env = "MANAGER_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
 
+    /// With --etcd, a data node found through a DNS name in --nodes (a
+    /// scaled compose service, a Kubernetes headless Service) is removed
+    /// from the placement only once its address has been missing from the
+    /// answers this long: a pod briefly not ready, or a container
+    /// restarting, must not start a hand-off and another one back.
+    #[arg(long, env = "MANAGER_DISCOVERY_GRACE", default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub discovery_grace: Duration,
+
     /// Name of this cluster in etcd: its keys live under
     /// `/ringcache/<name>/`, so one etcd can serve several clusters.
     #[arg(long, env = "MANAGER_CLUSTER_NAME", default_value = "default")]
@@ -69,6 +77,13 @@ pub struct ManagerOptions {
     /// Virtual nodes per data node on the ring.
     #[arg(long, env = "MANAGER_VNODES", default_value_t = DEFAULT_VNODES)]
     pub vnodes: usize,
+
+    /// Ignore versions further ahead of this machine's clock than this, in
+    /// nodes' answers and heartbeats (a clock set far ahead, a forged
+    /// version): they would drag this manager's clock into the future.
+    /// Counted in /metrics (ringcache_future_versions_ignored_total).
+    #[arg(long, env = "MANAGER_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub max_clock_skew: Duration,
 
     /// Deadline of each call to a data node, e.g. 1s or 300ms.
     #[arg(long, env = "MANAGER_NODE_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]

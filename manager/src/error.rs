@@ -43,10 +43,12 @@ impl ApiError {
                 | ClusterError::StalePlacement,
             ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Cluster(ClusterError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Cluster(ClusterError::VersionTooNew { .. }) => StatusCode::BAD_GATEWAY,
             ApiError::Cluster(ClusterError::Rejected(CallError::Refused { refusal, .. })) => {
                 match refusal {
                     Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
                     Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    Refusal::VersionTooNew => StatusCode::BAD_GATEWAY,
                 }
             }
             ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {

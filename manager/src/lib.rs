@@ -4,6 +4,7 @@
 //! - [`ring`]: the consistent hash ring.
 //! - [`client`]: the one interface through which requests reach a node.
 //! - [`cluster`]: node states and routing of reads and writes to replicas.
+//! - [`marks`]: the dirty marks placed for a node that missed writes.
 //! - [`membership`]: per-node `Subscribe` streams, health and rejoin.
 //! - [`near_cache`]: optional hot values in the manager, kept coherent by
 //!   the nodes' invalidation events.
@@ -24,6 +25,7 @@ pub mod embedded;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod marks;
 pub mod membership;
 pub mod metrics;
 pub mod near_cache;

@@ -439,13 +439,13 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
         }
     });
     let Some(s) = stats else { return };
-    cluster.clock().observe(s.clock);
+    cluster.observe(index, s.clock);
     if s.sync.as_ref().is_some_and(|y| y.syncing) {
-        node.request_repair();
+        cluster.needs_repair(index);
     }
     for m in &s.marks {
         if let Some(i) = cluster.index_of(&m.node_id) {
-            cluster.node(i).request_repair();
+            cluster.needs_repair(i);
         }
     }
 }

@@ -162,6 +162,8 @@ struct NodeSnapshot {
     nodes: Vec<(String, bool, Option<ringcache_proto::pb::StatsResponse>)>,
     /// Items, bytes, hits, misses.
     near_cache: Option<(u64, u64, u64, u64)>,
+    /// Versions ignored for being too far ahead of the clock.
+    future_versions: u64,
 }
 
 impl NodeSnapshot {
@@ -179,6 +181,7 @@ impl NodeSnapshot {
                 })
                 .collect(),
             near_cache: cluster.near_cache().map(|n| n.stats()),
+            future_versions: cluster.future_versions(),
         }
     }
 }
@@ -226,6 +229,17 @@ impl Collector for NodeSnapshot {
                     .filter_map(|(addr, _, s)| Some((addr.clone(), field(s.as_ref()?)))),
             )?;
         }
+        encode_const(
+            encoder.encode_descriptor(
+                "ringcache_future_versions_ignored",
+                "Versions seen in data nodes' answers and heartbeats further ahead of this \
+                 manager's clock than --max-clock-skew, and ignored",
+                None,
+                MetricType::Counter,
+            )?,
+            MetricType::Counter,
+            self.future_versions,
+        )?;
         if let Some((items, bytes, hits, misses)) = self.near_cache {
             for (name, kind, help, v) in [
                 (

@@ -122,7 +122,8 @@ async fn run(
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let mut cluster = Cluster::with_options(nodes, opts.vnodes, replicas, store.is_some(), connect)
-        .with_identity(me.clone(), Some(opts.lease));
+        .with_identity(me.clone(), Some(opts.lease))
+        .with_max_clock_skew(opts.max_clock_skew);
     let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
         Some(size) => {
             let near =
@@ -154,6 +155,7 @@ async fn run(
             store.clone(),
             cluster.clone(),
             placement::discover::names(&opts.nodes),
+            opts.discovery_grace,
             token.clone(),
         ));
         tokio::spawn(placement::handoff::drive(

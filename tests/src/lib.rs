@@ -220,6 +220,29 @@ impl Proc {
         Proc::spawn(name, "manager", "manager serving HTTP", args)
     }
 
+    /// A manager over the nodes at `list` following placement `cluster` in
+    /// `etcd`, with the short timeouts and lease the fault tests use
+    /// (node timeout 500 ms, heartbeat timeout 2 s, lease 1 s).
+    pub fn etcd_manager(name: &str, etcd: &Proc, cluster: &str, list: &[String]) -> Proc {
+        let url = etcd.grpc_uri();
+        Proc::manager_at(
+            name,
+            list,
+            &[
+                "--etcd",
+                &url,
+                "--cluster-name",
+                cluster,
+                "--heartbeat-timeout",
+                "2s",
+                "--node-timeout",
+                "500ms",
+                "--lease",
+                "1s",
+            ],
+        )
+    }
+
     pub fn grpc_uri(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -459,6 +482,13 @@ impl Api {
         .await
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.send(self.http.get(format!("{}/metrics", self.base)))
+            .await
+            .text()
+    }
+
     pub async fn cluster(&self) -> serde_json::Value {
         let r = self
             .send(self.http.get(format!("{}/cluster", self.base)))
@@ -553,6 +583,13 @@ impl NodeConn {
         Self(c)
     }
 
+    /// The generated client, for calls these helpers do not wrap.
+    pub fn client(
+        &self,
+    ) -> ringcache_proto::pb::data_node_client::DataNodeClient<tonic::transport::Channel> {
+        self.0.clone()
+    }
+
     pub async fn held(&self, key: &str) -> Held {
         // Clients share one channel; a clone per call keeps `&self`.
         let r = self
@@ -610,6 +647,9 @@ pub struct Relay {
     held: tokio::sync::watch::Sender<bool>,
     /// Holds the server-to-client direction too (a full cut).
     held_back: tokio::sync::watch::Sender<bool>,
+    /// Drops every connection and refuses new ones (a firewall that drops
+    /// packets: nothing sent meanwhile is ever delivered).
+    severed: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -621,8 +661,12 @@ impl Relay {
         let addr = listener.local_addr().expect("relay address");
         let (held, rx) = tokio::sync::watch::channel(false);
         let (held_back, rx_back) = tokio::sync::watch::channel(false);
+        let (severed, rx_severed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *rx_severed.borrow() {
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                     continue;
                 };
@@ -631,38 +675,53 @@ impl Relay {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 let mut rx = rx.clone();
+                let mut cut = rx_severed.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        // Hold the bytes while the link is held.
-                        if rx.wait_for(|h| !*h).await.is_err() {
-                            break;
+                    let pump = async {
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // Hold the bytes while the link is held.
+                            if rx.wait_for(|h| !*h).await.is_err() {
+                                break;
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
                         }
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
+                    };
+                    // Severed: the connection is dropped with what it held.
+                    tokio::select! {
+                        _ = pump => {}
+                        _ = cut.wait_for(|s| *s) => {}
                     }
                 });
                 let mut rx_back = rx_back.clone();
+                let mut cut = rx_severed.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if rx_back.wait_for(|h| !*h).await.is_err() {
-                            break;
+                    let pump = async {
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if rx_back.wait_for(|h| !*h).await.is_err() {
+                                break;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
                         }
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
+                    };
+                    tokio::select! {
+                        _ = pump => {}
+                        _ = cut.wait_for(|s| *s) => {}
                     }
                 });
             }
@@ -671,6 +730,7 @@ impl Relay {
             addr,
             held,
             held_back,
+            severed,
             task,
         }
     }
@@ -690,10 +750,19 @@ impl Relay {
         let _ = self.held_back.send(true);
     }
 
-    /// Delivers what was held, and everything after.
+    /// Drops every open connection, with whatever it held, and refuses new
+    /// ones until released: what was sent meanwhile is lost, as behind a
+    /// firewall that drops packets (a held link delivers it late instead).
+    pub fn sever(&self) {
+        let _ = self.severed.send(true);
+    }
+
+    /// Delivers what was held, and everything after; accepts connections
+    /// again after a sever.
     pub fn release(&self) {
         let _ = self.held.send(false);
         let _ = self.held_back.send(false);
+        let _ = self.severed.send(false);
     }
 }
 

@@ -22,23 +22,7 @@ fn manager(name: &str, etcd: &Proc, cluster: &str, nodes: &[&Proc]) -> Proc {
 }
 
 fn manager_at(name: &str, etcd: &Proc, cluster: &str, list: &[String]) -> Proc {
-    let url = etcd.grpc_uri();
-    Proc::manager_at(
-        name,
-        list,
-        &[
-            "--etcd",
-            &url,
-            "--cluster-name",
-            cluster,
-            "--heartbeat-timeout",
-            "2s",
-            "--node-timeout",
-            "500ms",
-            "--lease",
-            "1s",
-        ],
-    )
+    Proc::etcd_manager(name, etcd, cluster, list)
 }
 
 /// What a key last had acknowledged: a value, or a delete.

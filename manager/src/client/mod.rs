@@ -80,6 +80,9 @@ pub enum Refusal {
     InvalidRequest,
     /// Larger than the node's limits: HTTP 413.
     TooLarge,
+    /// The version is further ahead of the node's clock than it accepts
+    /// (this manager's clock, or the node's, is wrong): HTTP 502.
+    VersionTooNew,
 }
 
 /// A found value.
@@ -321,6 +324,7 @@ impl NodeClient {
             },
             Ok(pb::ErrorReason::InvalidRequest) => refused(Refusal::InvalidRequest),
             Ok(pb::ErrorReason::TooLarge) => refused(Refusal::TooLarge),
+            Ok(pb::ErrorReason::VersionTooNew) => refused(Refusal::VersionTooNew),
             Ok(pb::ErrorReason::Unspecified) | Err(_) => CallError::Status {
                 node,
                 status: Status::new(Code::from(e.code), e.message),
