@@ -39,6 +39,14 @@
 #   RINGCACHE_SYNC_RATE the data nodes' --sync-rate (1MiB: a warm-up takes
 #                       seconds, so that a restart that did not wait for it
 #                       would lose keys)
+#   COMPOSE_FAULTS_SEED=addresses
+#                       diagnostic: write the first placement into etcd with
+#                       each node at its container's address before the
+#                       managers start, instead of letting the first manager
+#                       seed it from MANAGER_NODES (whose service name then
+#                       becomes one member's address)
+#   COMPOSE_FAULTS_LOGS file for every container's log when a check fails
+#                       (target/compose_faults-<project>.log)
 #
 # Needs a reachable Docker engine, curl, jq and python3. Creates one
 # compose project, ringcache-ci-<pid>, and always tears it down
@@ -308,8 +316,31 @@ verify_keys() {
 # --- bring the cluster up -----------------------------------------------
 log "project $project; managers on $api1 and $api2; $keys keys; sync rate $RINGCACHE_SYNC_RATE; ${compose[*]}"
 up_start=$SECONDS
+if [[ "${COMPOSE_FAULTS_SEED:-}" == addresses ]]; then
+  # Diagnostic, not the default: etcd and the data nodes first, then the
+  # placement written into etcd with each node at its container's address
+  # (not the service name), then the managers. Tells a failure caused by a
+  # member addressed by the service's name (which resolves to any of the
+  # containers) from the rest.
+  log "COMPOSE_FAULTS_SEED=addresses: ${compose[*]} -p $project up -d --build etcd datanode, placement seeded by address"
+  dc up -d --build etcd datanode >"$work/up.log" 2>&1 || { tail -n 60 "$work/up.log"; abort "compose up -d --build etcd datanode"; }
+  etcd_c="$(cid etcd)"
+  wait_until "etcd healthy" 60 healthy "$etcd_c"
+  seed_json='{"members":['
+  for n in 1 2 3; do
+    c="$(dn "$n")"
+    [[ -n "$c" ]] || abort "data node container $n not found"
+    ip="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c")"
+    ((n == 1)) || seed_json+=","
+    seed_json+="{\"id\":\"$(node_id_of "$c")\",\"address\":\"http://$ip:50051\",\"state\":\"up\"}"
+  done
+  seed_json+=']}'
+  docker exec "$etcd_c" /usr/local/bin/etcdctl --endpoints=http://127.0.0.1:2379 put /ringcache/default/placement "$seed_json" >/dev/null ||
+    abort "placement written into etcd"
+  log "placement seeded: $seed_json"
+fi
 log "${compose[*]} -p $project up -d --build"
-if ! dc up -d --build >"$work/up.log" 2>&1; then
+if ! dc up -d --build >>"$work/up.log" 2>&1; then
   tail -n 60 "$work/up.log"
   abort "compose up -d --build (no registry? run deploy/offline-base-images.sh first)"
 fi
@@ -323,6 +354,8 @@ for n in 1 2 3; do [[ -n "$(dn "$n")" ]] || abort "data node container $n not fo
 wait_until "etcd, both managers and the three data nodes healthy (data nodes: ready)" 120 all_healthy
 wait_until "both managers route by one placement of 3 members, all up" 120 converged 3
 pass "cluster up in $((SECONDS - up_start))s"
+# The compose network (for the partitions below).
+net="$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{"\n"}}{{end}}' "${ids[manager1]}" | head -n 1)"
 ids_ok() {
   local n want
   for n in 1 2 3; do
@@ -447,32 +480,6 @@ wait_until "back to one placement of 3 members, all up" 300 converged 3
 check "keys written while etcd was stopped read back" read_all "$api1" ed 1 60 a
 verify_keys "$api2" "a sample of the $keys keys (every 20th) reads back after etcd was restarted" 20
 
-# --- one manager cut off the network while the other writes ----------------
-net="$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{"\n"}}{{end}}' "${ids[manager1]}" | head -n 1)"
-# A second network keeps manager1 reachable from this host (at its address
-# there) while it is cut off the cluster's.
-side_net="$project-side"
-docker network create "$side_net" >/dev/null
-docker network connect "$side_net" "${ids[manager1]}"
-side_ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$side_net\").IPAddress}}" "${ids[manager1]}")"
-api1_side="http://$side_ip:8080"
-http "$api1_side" GET "/healthz"
-check "manager1 answers at $api1_side (side network)" [ "$code" == 200 ]
-check "50 keys set to v1 through manager1 before the partition" write_all "$api1" part 1 50 v1-
-log "docker network disconnect $net manager1"
-docker network disconnect "$net" "${ids[manager1]}"
-check "50 keys overwritten with v2 through manager2 during the partition" write_all "$api2" part 1 50 v2-
-check "manager2 reads v2 during the partition" read_all "$api2" part 1 50 v2-
-check "manager1 (cut off) reads no v1 during the partition" no_value "$api1_side" part 1 50 v1-
-log "docker network connect --alias manager1 $net manager1"
-docker network connect --alias manager1 "$net" "${ids[manager1]}"
-docker network disconnect "$side_net" "${ids[manager1]}"
-wait_until "manager1 healthy again after the partition" 60 healthy "${ids[manager1]}"
-wait_until "both managers on one placement of 3 again" 60 converged 3
-check "manager1 reads v2 after the partition" read_all "$api1" part 1 50 v2-
-check "manager2 reads v2 after the partition" read_all "$api2" part 1 50 v2-
-verify_keys "$api1" "a sample of the $keys keys (every 20th) reads back after manager1's partition" 20
-
 # --- a data node killed -----------------------------------------------------
 c2="$(dn 2)"
 id2="$(node_id_of "$c2")"
@@ -544,4 +551,31 @@ wait_until "both managers on one placement of 3" 60 converged 3
 check "keys written before manager2 restarted read back through it (no flush)" read_all "$api2" r 1 20 r
 check "writes through the restarted manager2" write_all "$api2" r 1 20 s
 check "reads through manager1 of them" read_all "$api1" r 1 20 s
+wait_until "every container healthy at the end" 60 all_healthy
+
+# --- one manager cut off the network while the other writes ----------------
+# Last: when it fails, what it leaves behind does not spoil the checks above.
+# A second network keeps manager1 reachable from this host (at its address
+# there) while it is cut off the cluster's.
+side_net="$project-side"
+docker network create "$side_net" >/dev/null
+docker network connect "$side_net" "${ids[manager1]}"
+side_ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$side_net\").IPAddress}}" "${ids[manager1]}")"
+api1_side="http://$side_ip:8080"
+http "$api1_side" GET "/healthz"
+check "manager1 answers at $api1_side (side network)" [ "$code" == 200 ]
+check "50 keys set to v1 through manager1 before the partition" write_all "$api1" part 1 50 v1-
+log "docker network disconnect $net manager1"
+docker network disconnect "$net" "${ids[manager1]}"
+check "50 keys overwritten with v2 through manager2 during the partition" write_all "$api2" part 1 50 v2-
+check "manager2 reads v2 during the partition" read_all "$api2" part 1 50 v2-
+check "manager1 (cut off) reads no v1 during the partition" no_value "$api1_side" part 1 50 v1-
+log "docker network connect --alias manager1 $net manager1"
+docker network connect --alias manager1 "$net" "${ids[manager1]}"
+docker network disconnect "$side_net" "${ids[manager1]}"
+wait_until "manager1 healthy again after the partition" 60 healthy "${ids[manager1]}"
+wait_until "both managers on one placement of 3 again" 60 converged 3
+check "manager1 reads v2 after the partition" read_all "$api1" part 1 50 v2-
+check "manager2 reads v2 after the partition" read_all "$api2" part 1 50 v2-
+verify_keys "$api1" "a sample of the $keys keys (every 20th) reads back after manager1's partition" 20
 wait_until "every container healthy at the end" 60 all_healthy
