@@ -36,9 +36,9 @@
 #                       found here, never 8080/8081)
 #   KEYS                keys written before scaling and the rolling restart
 #                       (100000)
-#   RINGCACHE_SYNC_RATE the data nodes' --sync-rate (1MiB: a warm-up takes
-#                       seconds, so that a restart that did not wait for it
-#                       would lose keys)
+#   RINGCACHE_SYNC_RATE the data nodes' --sync-rate (256KiB: a node's
+#                       warm-up with 100000 keys takes seconds, so that a
+#                       restart that did not wait for it would lose keys)
 #   COMPOSE_FAULTS_SEED=addresses
 #                       diagnostic: write the first placement into etcd with
 #                       each node at its container's address before the
@@ -60,7 +60,7 @@ cd "$root"
 project="ringcache-ci-$$"
 export COMPOSE_PROJECT_NAME="$project"
 keys="${KEYS:-100000}"
-export RINGCACHE_SYNC_RATE="${RINGCACHE_SYNC_RATE:-1MiB}"
+export RINGCACHE_SYNC_RATE="${RINGCACHE_SYNC_RATE:-256KiB}"
 load_py="$root/tests/docker/load.py"
 
 passed=0
@@ -344,7 +344,7 @@ if ! dc up -d --build >>"$work/up.log" 2>&1; then
   tail -n 60 "$work/up.log"
   abort "compose up -d --build (no registry? run deploy/offline-base-images.sh first)"
 fi
-grep -E '^(Successfully|Creating|Container|Step [0-9]+/[0-9]+ : (FROM|RUN))' "$work/up.log" | cut -c1-120 | sed 's/^/    /' || true
+grep -E '^(Successfully tagged|Creating|Container)' "$work/up.log" | cut -c1-120 | sed 's/^/    /' || true
 log "compose up -d --build returned after $((SECONDS - up_start))s"
 for s in etcd manager1 manager2; do
   ids[$s]="$(cid "$s")"
@@ -419,7 +419,7 @@ check "the placement version went up (was $v_before, now $(placement_version "$a
   [ "$(placement_version "$api1")" -gt "$v_before" ]
 check "the new data node is a member ($(node_id_of "$(dn 4)"))" \
   grep -qwF -- "$(node_id_of "$(dn 4)")" <<<"$(members "$api2")"
-measure "--scale datanode=3 -> 4 with $keys keys, sync rate $RINGCACHE_SYNC_RATE: ${scale_up_s}s to all members up on both managers; load p99 ${load_p99} ms (errors per manager: $load_errors)"
+measure "--scale datanode=3 -> 4 with $keys keys, sync rate $RINGCACHE_SYNC_RATE: ${scale_up_s}s to all members up on both managers; load p99 ${load_p99} ms (errors per manager: $load_errors); hand-off $(cluster "$api1" | jq -c '.handoff | {keys_moved, bytes_moved, elapsed_ms}' 2>/dev/null)"
 verify_keys "$api2" "all $keys keys read back through manager2 after scaling to 4"
 
 load_start scale-down "$api1,$api2"
@@ -430,7 +430,7 @@ dc up -d --no-recreate --scale datanode=3 datanode >/dev/null 2>&1 || abort "com
 wait_until "both managers: one placement of 3 members, all up" 300 converged 3
 scale_down_s=$((SECONDS - t0))
 load_stop scale-down "scale 4 -> 3"
-measure "--scale datanode=4 -> 3: ${scale_down_s}s to 3 members up on both managers; load p99 ${load_p99} ms (errors per manager: $load_errors)"
+measure "--scale datanode=4 -> 3: ${scale_down_s}s to 3 members up on both managers (the removed container's address must be missing for --discovery-grace first); load p99 ${load_p99} ms (errors per manager: $load_errors); hand-off $(cluster "$api1" | jq -c '.handoff | {keys_moved, bytes_moved, elapsed_ms}' 2>/dev/null)"
 verify_keys "$api1" "all $keys keys read back through manager1 after scaling back to 3"
 
 # --- one manager killed -------------------------------------------------
