@@ -43,6 +43,7 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
         lost_after: store.lost_after(),
         placement: node.placement(),
         leases: node.leases().list(),
+        subscribers: node.subscribers(),
     }
 }
 

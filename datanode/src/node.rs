@@ -14,6 +14,24 @@ use crate::lease::Leases;
 use crate::store::{Outcome, Read, Store, StoreError, Write};
 use crate::sync::{Marks, SyncState};
 
+/// An open Subscribe stream, listed in the node's Stats until dropped.
+pub struct Subscribed {
+    node: Arc<Node>,
+    id: String,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        let mut subs = crate::events::lock(&self.node.subscribers);
+        if let Some(n) = subs.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                subs.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NodeError {
@@ -44,6 +62,8 @@ pub struct Node {
     /// Newest placement version told by a manager (see `SetPlacement`).
     placement: AtomicU64,
     leases: Leases,
+    /// Open Subscribe streams by subscriber id (a manager's), counted.
+    subscribers: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
 }
@@ -64,6 +84,7 @@ impl Node {
             marks: Marks::default(),
             placement: AtomicU64::new(0),
             leases: Leases::default(),
+            subscribers: Default::default(),
             shutdown,
         })
     }
@@ -95,6 +116,29 @@ impl Node {
     pub fn sync_rate(&self) -> u64 {
         self.sync_rate
     }
+    /// Records an open Subscribe stream of `id` until the returned guard
+    /// is dropped (`None` for an anonymous subscriber).
+    pub fn subscribed(self: &Arc<Self>, id: &str) -> Option<Subscribed> {
+        if id.is_empty() {
+            return None;
+        }
+        *crate::events::lock(&self.subscribers)
+            .entry(id.to_string())
+            .or_default() += 1;
+        Some(Subscribed {
+            node: self.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Ids of the subscribers with a stream open, sorted.
+    pub fn subscribers(&self) -> Vec<String> {
+        crate::events::lock(&self.subscribers)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub fn leases(&self) -> &Leases {
         &self.leases
     }
@@ -188,9 +232,13 @@ impl Node {
         if node_id.is_empty() || node_id.len() > 1024 {
             return Err(NodeError::BadNodeId(node_id.chars().take(64).collect()));
         }
-        let generation = self.marks.mark(node_id, since);
-        tracing::info!(node = %node_id, since, generation, "dirty mark recorded");
-        self.publish_status();
+        let (generation, news) = self.marks.mark(node_id, since);
+        if news {
+            tracing::info!(node = %node_id, since, generation, "dirty mark recorded");
+            self.publish_status();
+        } else {
+            tracing::debug!(node = %node_id, since, generation, "dirty mark renewed");
+        }
         Ok(generation)
     }
 

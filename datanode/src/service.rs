@@ -149,8 +149,11 @@ impl DataNode for DataNodeService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let node = self.node.clone();
         let skip = req.get_ref().skip_invalidations;
+        let subscriber = req.get_ref().subscriber_id.clone();
         let (start, rx) = node.store().subscribe(!skip);
-        tracing::info!(start, skip_invalidations = skip, peer = ?req.remote_addr(), "subscriber joined");
+        tracing::info!(start, skip_invalidations = skip, %subscriber, peer = ?req.remote_addr(), "subscriber joined");
+        // Listed in Stats for as long as the stream lives.
+        let listed = node.subscribed(&subscriber);
         // The first event is a status snapshot carrying the sequence number
         // the subscription starts after, so the subscriber learns the
         // instance id and can detect a gap from the very next event.
@@ -185,7 +188,10 @@ impl DataNode for DataNodeService {
         );
         let stream = futures::stream::once(async move { Ok(first) })
             .chain(rest)
-            .take_until(self.node.shutdown_token().clone().cancelled_owned());
+            .take_until(self.node.shutdown_token().clone().cancelled_owned())
+            .inspect(move |_| {
+                let _listed = &listed;
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -483,22 +483,32 @@ impl Store {
         if key.len() > crate::config::MAX_KEY_LIMIT {
             return Err(StoreError::KeyTooLong { len: key.len() });
         }
-        let version = if version == 0 {
-            self.inner.clock.next()
-        } else if self.inner.clock.observe(version) {
-            version
+        let (version, too_new) = if version == 0 {
+            (self.inner.clock.next(), false)
         } else {
+            (version, !self.inner.clock.observe(version))
+        };
+        let size = entry_size(key, value.unwrap_or_default());
+        let now = self.now_ms();
+        let mut shard = lock(self.shard(key));
+        if too_new {
             // Stored, it would stay above every later write of the key, and
             // every manager would follow this node's clock into the future.
+            // Refused; but the write may be genuine and this node's clock
+            // behind: the older copy is dropped (as an eviction would, the
+            // floor raised to its version) so that it is never served
+            // after a newer write was acknowledged elsewhere.
+            if let Some((_, old)) = shard.lru.remove(key.as_bytes()) {
+                shard.floor = shard.floor.max(old.version());
+                shard.forget(&old);
+                self.publish(&shard, Arc::from(key), Cause::Evicted);
+            }
             return Err(StoreError::VersionTooNew {
                 version,
                 ahead: ringcache_common::version::ahead_of_wall(version),
                 max: self.inner.clock.max_skew(),
             });
-        };
-        let size = entry_size(key, value.unwrap_or_default());
-        let now = self.now_ms();
-        let mut shard = lock(self.shard(key));
+        }
         // (expired, version, newer, live value) of what the shard holds.
         let held = shard.lru.peek(key.as_bytes()).map(|(_, cur)| {
             let cv = cur.version();
@@ -1254,7 +1264,13 @@ mod tests {
         let err = s.apply(w(u64::MAX - 5000, b"bad")).unwrap_err();
         assert!(matches!(err, StoreError::VersionTooNew { .. }), "{err:?}");
         assert!(err.to_string().contains("--max-clock-skew"), "{err}");
-        assert_eq!(&s.get("k").unwrap().value[..], b"old");
+        // The older copy is gone (the write may be genuine, from a writer
+        // whose clock is right), and cannot come back by a delayed write.
+        assert!(s.get("k").is_none());
+        assert!(matches!(
+            s.apply(w(ok, b"old")),
+            Ok(Outcome::Superseded { .. })
+        ));
         // The clock did not follow it: a later ordinary write still wins.
         assert!(s.clock().latest() < u64::MAX / 2);
         let next = s.clock().next();

@@ -43,20 +43,27 @@ pub struct Marks {
 
 impl Marks {
     /// Records that `node_id` may have missed writes from `since` on; keeps
-    /// the oldest `since`. Returns the mark's new generation.
-    pub fn mark(&self, node_id: &str, since: u64) -> u64 {
+    /// the oldest `since`. Returns the mark's new generation (every mark
+    /// bumps it, so a repair that read an older one cannot clear this), and
+    /// whether the mark is new or its `since` went down (worth telling
+    /// subscribers at once; a mark repeated for each write that skips a
+    /// node changes nothing they do not know).
+    pub fn mark(&self, node_id: &str, since: u64) -> (u64, bool) {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let mut marks = lock(&self.marks);
-        let m = marks
-            .entry(node_id.to_string())
-            .or_insert_with(|| pb::DirtyMark {
+        let mut news = false;
+        let m = marks.entry(node_id.to_string()).or_insert_with(|| {
+            news = true;
+            pb::DirtyMark {
                 node_id: node_id.to_string(),
                 since,
                 generation,
-            });
+            }
+        });
+        news |= since < m.since;
         m.since = m.since.min(since);
         m.generation = generation;
-        generation
+        (generation, news)
     }
 
     /// Removes `node_id`'s mark if it is still at `generation`.
@@ -362,14 +369,22 @@ mod tests {
     #[test]
     fn marks_keep_the_oldest_since_and_clear_by_generation() {
         let m = Marks::default();
-        let g1 = m.mark("b", 100);
-        let g2 = m.mark("b", 50);
+        let (g1, new) = m.mark("b", 100);
+        assert!(new, "a new mark is news");
+        let (g2, lower) = m.mark("b", 50);
+        assert!(lower, "an older since is news");
         assert_ne!(g1, g2);
         assert_eq!(m.list()[0].since, 50);
-        m.mark("b", 70);
+        let (g3, news) = m.mark("b", 70);
+        assert!(!news, "a newer since changes nothing subscribers act on");
+        assert!(
+            g3 > g2,
+            "but the generation moves: a repair that read g2 cannot clear it"
+        );
         assert_eq!(m.list()[0].since, 50);
         // A clear by an outdated generation keeps the mark.
         assert!(!m.clear("b", g2));
+        assert!(!m.clear("b", g1));
         let g = m.list()[0].generation;
         assert!(m.clear("b", g));
         assert!(m.list().is_empty());

@@ -253,6 +253,7 @@ async fn a_subscriber_that_skips_invalidations_gets_status_events_only() {
         .client
         .subscribe(pb::SubscribeRequest {
             skip_invalidations: true,
+            ..Default::default()
         })
         .await
         .unwrap()

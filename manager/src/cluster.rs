@@ -381,6 +381,9 @@ pub struct Cluster {
     registered: AtomicBool,
     /// Versions seen too far ahead of the clock, and ignored.
     future_versions: AtomicU64,
+    /// Another manager was found on a node while this one has no etcd
+    /// (logged once).
+    unprotected: AtomicBool,
 }
 
 impl Cluster {
@@ -414,6 +417,7 @@ impl Cluster {
             managers: Mutex::new((0, Vec::new())),
             registered: AtomicBool::new(false),
             future_versions: AtomicU64::new(0),
+            unprotected: AtomicBool::new(false),
         };
         if !managed {
             c.rebuild_ring();
@@ -457,6 +461,55 @@ impl Cluster {
                 "ignored a version too far ahead of this manager's clock");
         }
         false
+    }
+
+    /// The other managers subscribed to the nodes (their `Stats` list the
+    /// subscribers), sorted.
+    pub fn other_managers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .nodes()
+            .iter()
+            .filter(|n| !n.is_retired())
+            .filter_map(|n| n.info().stats)
+            .flat_map(|s| s.subscribers)
+            .filter(|id| id != &self.me)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What an operator should know about this set-up: several managers
+    /// without etcd have no read leases, so a partition between one of them
+    /// and a node can let another serve values that node missed.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.managed {
+            return Vec::new();
+        }
+        let others = self.other_managers();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "{} other manager(s) use these data nodes ({}), and this manager runs without --etcd: \
+             there are no read leases, so a partition between one manager and a node can let \
+             another manager read values that node missed. Give every manager the same --etcd \
+             (docs/design/membership.md)",
+            others.len(),
+            others.join(", ")
+        )]
+    }
+
+    /// Logs [`Cluster::warnings`] the first time there is one.
+    pub(crate) fn check_protection(&self, subscribers: &[String]) {
+        if self.managed || !subscribers.iter().any(|s| s != &self.me) {
+            return;
+        }
+        if !self.unprotected.swap(true, Ordering::Relaxed) {
+            for w in self.warnings() {
+                tracing::warn!("{w}");
+            }
+        }
     }
 
     /// Versions ignored for being too far ahead (see [`Cluster::observe`]).
@@ -854,11 +907,13 @@ impl Cluster {
         if node.is_retired() {
             return;
         }
+        // Once per episode (a session retried every second must not keep
+        // bumping the marks, which would restart other managers' repairs).
         if node.mark_down(reason) {
             self.forget_learned(index);
+            let since = wall_version_ago(node.client.timeout() * (WRITE_ATTEMPTS as u32 + 1));
+            self.mark(index, since);
         }
-        let since = wall_version_ago(node.client.timeout() * (WRITE_ATTEMPTS as u32 + 1));
-        self.mark(index, since);
     }
 
     /// Node `index` may lack writes (a peer holds a mark for it, or it says
@@ -900,7 +955,7 @@ impl Cluster {
         let node = self.node(index);
         tokio::time::timeout(self.connect.timeout, node.marks.wait(round))
             .await
-            .is_ok()
+            .unwrap_or(false)
     }
 
     /// Reads from the first synced replica that has the key, falling over to
@@ -1116,6 +1171,8 @@ impl Cluster {
             let mut superseded = false;
             let mut refused = None;
             let mut too_new = None;
+            // Replicas whose clock is behind this write's version.
+            let mut behind = Vec::new();
             for (&i, r) in live.iter().zip(results) {
                 match r {
                     Ok(Written::Applied(replaced)) => {
@@ -1135,6 +1192,10 @@ impl Cluster {
                         self.clock.observe(newer);
                         superseded = true;
                     }
+                    Err(e) if e.is_version_too_new() => {
+                        behind.push(i);
+                        refused.get_or_insert(ClusterError::Rejected(e));
+                    }
                     Err(e) => match self.failed(i, e) {
                         Some(err) => {
                             refused.get_or_insert(err);
@@ -1149,6 +1210,19 @@ impl Cluster {
             // in both cases (the write lands inside its own interval).
             if let Some(err) = too_new {
                 return Err(err.into());
+            }
+            // Some replica took the version: the ones that refused it have
+            // a clock behind (they dropped their older copy). They are
+            // repaired before being read again, like a replica that missed
+            // the write. If none took it, this manager's clock is the one
+            // ahead: the write is refused (502).
+            if acked.is_some() {
+                for &i in &behind {
+                    tracing::error!(node = %nodes[i].addr(), version,
+                        "the node refused a write version as too far ahead of its clock: its clock is behind");
+                    self.missed_writes(i, "clock behind the write's version");
+                    skipped.push(i);
+                }
             }
             if superseded && attempt < WRITE_ATTEMPTS {
                 continue;
@@ -1204,30 +1278,39 @@ async fn broadcast_marks(nodes: Arc<Vec<Arc<NodeHandle>>>, index: usize, id: Str
             Next::Stop => return,
             Next::Send { round, since } => (round, since),
         };
+        // Peers this manager takes for down would only hold the round up
+        // for the node timeout.
         let mut calls: futures::stream::FuturesUnordered<_> = nodes
             .iter()
             .enumerate()
-            .filter(|&(i, n)| i != index && !n.is_retired() && n.id().is_some())
+            .filter(|&(i, n)| {
+                i != index && !n.is_retired() && n.id().is_some() && n.state() != NodeState::Down
+            })
             .map(|(_, n)| {
                 let (client, id) = (n.client.clone(), id.clone());
                 async move { client.mark(&id, since).await }
             })
             .collect();
         let peers = calls.len();
-        let mut held = false;
+        // Two holders when there are two: a mark on one peer is lost if
+        // that peer restarts.
+        let want = peers.min(2);
+        let mut held = 0;
         while let Some(r) = calls.next().await {
-            if r.is_ok() {
-                held = true;
+            held += usize::from(r.is_ok());
+            if held >= want {
                 break;
             }
         }
-        if held {
+        if held > 0 {
             queue.held(round);
-            tracing::debug!(node = %id, since, round, peers, "dirty mark held");
-            tokio::spawn(async move { while calls.next().await.is_some() {} });
+            tracing::debug!(node = %id, since, round, peers, held, "dirty mark held");
+            if !calls.is_empty() {
+                tokio::spawn(async move { while calls.next().await.is_some() {} });
+            }
             continue;
         }
-        if queue.failed(since) {
+        if queue.failed(round, since) {
             tracing::warn!(node = %id, since, peers, "no peer took the dirty mark; trying again");
         } else {
             tracing::error!(node = %id, since, peers, "no peer took the dirty mark; given up");

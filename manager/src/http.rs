@@ -346,6 +346,8 @@ struct ClusterView {
     nodes: Vec<NodeView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     near_cache: Option<NearView>,
+    /// What an operator should fix (e.g. several managers without etcd).
+    warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -468,5 +470,6 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
         handoff,
         nodes,
         near_cache,
+        warnings: st.cluster.warnings(),
     })
 }

@@ -53,18 +53,19 @@ pub enum Next {
 #[derive(Debug)]
 pub struct MarkQueue {
     state: Mutex<State>,
-    /// The latest round held by at least one peer. Rounds are numbered in
-    /// the order they start, and a failed round's since goes into the next
-    /// one, so round `r` held means every since queued before `r` started
-    /// is held.
-    held: watch::Sender<u64>,
+    /// (held, abandoned): the latest round held by a peer, and the latest
+    /// round given up. Rounds are numbered in the order they start, and a
+    /// failed round's since goes into the next one, so round `r` held
+    /// means every since queued before `r` started is held, unless a round
+    /// in between was given up (its sinces are dropped).
+    rounds: watch::Sender<(u64, u64)>,
 }
 
 impl Default for MarkQueue {
     fn default() -> Self {
         Self {
             state: Mutex::new(State::default()),
-            held: watch::channel(0).0,
+            rounds: watch::channel((0, 0)).0,
         }
     }
 }
@@ -106,7 +107,7 @@ impl MarkQueue {
     /// Round `round` is held by at least one peer.
     pub fn held(&self, round: u64) {
         lock(&self.state).failures = 0;
-        self.held.send_if_modified(|h| {
+        self.rounds.send_if_modified(|(h, _)| {
             let newer = round > *h;
             if newer {
                 *h = round;
@@ -116,24 +117,32 @@ impl MarkQueue {
     }
 
     /// Round `round` (with `since`) reached no peer: `since` goes into the
-    /// next round, unless it failed too often (then it is dropped, and
-    /// false is returned).
-    pub fn failed(&self, since: u64) -> bool {
+    /// next round, unless it failed too often: then it is dropped, the
+    /// waiters of this round and earlier ones are told so, and false is
+    /// returned.
+    pub fn failed(&self, round: u64, since: u64) -> bool {
         let mut s = lock(&self.state);
         s.failures += 1;
         if s.failures >= ATTEMPTS {
             s.failures = 0;
+            drop(s);
+            self.rounds.send_modify(|(_, a)| *a = (*a).max(round));
             return false;
         }
         s.pending = Some(s.pending.map_or(since, |p| p.min(since)));
         true
     }
 
-    /// Waits until round `round` (or a later one) is held.
-    pub async fn wait(&self, round: u64) {
-        let mut rx = self.held.subscribe();
+    /// Waits until round `round` is held (true) or given up (false).
+    pub async fn wait(&self, round: u64) -> bool {
+        let mut rx = self.rounds.subscribe();
         // The sender lives in `self`, which outlives this borrow.
-        let _ = rx.wait_for(|&h| h >= round).await;
+        let Ok(r) = rx.wait_for(|&(h, a)| h >= round || a >= round).await else {
+            return false;
+        };
+        // Given up at or after this round: its since may have been in the
+        // round given up, whatever later rounds held.
+        r.1 < round
     }
 
     /// Oldest since this manager queued and has not seen repaired.
@@ -194,7 +203,7 @@ mod tests {
             panic!("a round is due")
         };
         q.push(150);
-        assert!(q.failed(since));
+        assert!(q.failed(1, since));
         // The failed since is merged into the next round; its waiter (round
         // 1) is released only when that round is held.
         assert_eq!(
@@ -204,27 +213,38 @@ mod tests {
                 since: 100
             }
         );
-        assert_eq!(*q.held.borrow(), 0);
+        assert_eq!(q.rounds.borrow().0, 0);
         q.held(2);
-        assert!(*q.held.borrow() >= 1);
+        assert!(q.rounds.borrow().0 >= 1);
     }
 
-    #[test]
-    fn a_since_is_given_up_after_too_many_failed_rounds() {
+    #[tokio::test]
+    async fn a_since_is_given_up_after_too_many_failed_rounds() {
         let q = MarkQueue::default();
-        q.push(100);
+        let (mine, _) = q.push(100);
         for _ in 1..ATTEMPTS {
-            let Next::Send { since, .. } = q.next() else {
+            let Next::Send { round, since } = q.next() else {
                 panic!("retried")
             };
-            assert!(q.failed(since));
+            assert!(q.failed(round, since));
         }
-        let Next::Send { since, .. } = q.next() else {
+        let Next::Send { round, since } = q.next() else {
             panic!("retried")
         };
-        assert!(!q.failed(since));
+        assert!(!q.failed(round, since));
         assert_eq!(q.next(), Next::Stop);
-        assert_eq!(*q.held.borrow(), 0, "never reported held");
+        assert_eq!(q.rounds.borrow().0, 0, "never reported held");
+        // A later write's round is held: the given-up one's waiter must
+        // still learn that its own mark was never placed.
+        let (later, start) = q.push(200);
+        assert!(start);
+        let Next::Send { round, .. } = q.next() else {
+            panic!("a round is due")
+        };
+        assert_eq!(round, later);
+        q.held(round);
+        assert!(!q.wait(mine).await, "given up, whatever came after");
+        assert!(q.wait(later).await);
     }
 
     #[test]
@@ -232,7 +252,7 @@ mod tests {
         let q = MarkQueue::default();
         q.held(3);
         q.held(2);
-        assert_eq!(*q.held.borrow(), 3);
+        assert_eq!(q.rounds.borrow().0, 3);
     }
 
     #[test]
@@ -260,9 +280,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         q.held(r1 + 1);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
+        let held = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("released")
             .expect("joined");
+        assert!(held);
     }
 }

@@ -19,6 +19,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const PULL_SILENCE: Duration = Duration::from_secs(30);
 /// Longest a repair waits for peers this manager has not reached yet.
 const PEER_PATIENCE: Duration = Duration::from_secs(3);
+/// Pause before a repair round that a new mark made necessary, doubling
+/// up to the maximum.
+const REPAIR_PAUSE_MIN: Duration = Duration::from_millis(100);
+const REPAIR_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Receives what the nodes publish (the near cache listens here).
 pub trait EventListener: Send + Sync + 'static {
@@ -81,7 +85,7 @@ async fn session(
     let skip_invalidations = cluster.near_cache().is_none();
     let mut stream = node
         .client
-        .subscribe(skip_invalidations)
+        .subscribe(skip_invalidations, cluster.me())
         .await
         .map_err(|e| e.to_string())?;
     let first = next_event(&mut stream, heartbeat_timeout).await?;
@@ -266,6 +270,7 @@ pub(crate) fn follow(
 async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
     let node = cluster.node(index);
     let id = node.id().ok_or("node id unknown")?;
+    let mut pause = REPAIR_PAUSE_MIN;
     loop {
         let state = node.client.stats().await.map_err(|e| e.to_string())?;
         let sync = state.sync.unwrap_or_default();
@@ -296,7 +301,11 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
                 .await;
         }
         if !peer_marks(cluster, index, &id).await.is_empty() {
-            // A mark came (or stayed) meanwhile: another round from it.
+            // A mark came (or stayed) meanwhile: another round from it,
+            // after a pause that grows (writes of a manager cut off from
+            // the node keep marking it; each round scans the peers).
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REPAIR_PAUSE_MAX);
             continue;
         }
         if node
@@ -440,6 +449,7 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
     });
     let Some(s) = stats else { return };
     cluster.observe(index, s.clock);
+    cluster.check_protection(&s.subscribers);
     if s.sync.as_ref().is_some_and(|y| y.syncing) {
         cluster.needs_repair(index);
     }

@@ -322,6 +322,16 @@
     renderNodes(nodes);
     renderCharts(now);
     renderNear(cluster.near_cache);
+    renderWarnings(cluster.warnings);
+  }
+
+  // What the manager says an operator should fix (several managers
+  // without etcd, say): shown above everything while it holds.
+  function renderWarnings(warnings) {
+    const list = $("warnings");
+    const items = Array.isArray(warnings) ? warnings.filter((w) => typeof w === "string") : [];
+    list.replaceChildren(...items.map((w) => el("li", null, w)));
+    list.hidden = items.length === 0;
   }
 
   function setValue(id, main, sub) {

@@ -56,6 +56,8 @@ async fn a_partition_then_a_crash_of_the_cut_off_manager_serves_nothing_stale() 
     b.await_members(&["node1", "node2", "node3"]).await;
     a.await_all_up().await;
     b.await_all_up().await;
+    // Both managers share etcd: protected, nothing to warn about.
+    assert_eq!(b.cluster().await["warnings"], serde_json::json!([]));
     let node2 = NodeConn::connect(&nodes[1]).await;
     wait_until_for("node2 to require both leases", LONG_DEADLINE, || async {
         (required_leases(&node2).await == 2).then_some(())
@@ -208,4 +210,83 @@ async fn a_version_from_the_far_future_is_refused_and_cannot_drag_the_clocks() {
         r.status,
         r.text()
     );
+}
+
+/// A version `ahead` of this machine's wall clock (the HLC layout of
+/// docs/design/consistency.md: milliseconds since 2024 above 22 bits).
+fn version_ahead(ahead: std::time::Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (now - 1_704_067_200_000 + ahead.as_millis() as u64) << 22
+}
+
+/// A data node whose clock bound is tighter than the managers' lead (a
+/// host clock behind, or a smaller --max-clock-skew): it refuses the
+/// managers' versions. Each such write is acknowledged on the other
+/// replica, so the refusing node must not keep serving its older copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_the_managers_versions_serves_nothing_stale() {
+    let mut strict = NODE_ARGS.to_vec();
+    strict.extend(["--max-clock-skew", "5s"]);
+    let nodes = [
+        Proc::datanode("node1", NODE_ARGS),
+        Proc::datanode("node2", &strict),
+        Proc::datanode("node3", NODE_ARGS),
+    ];
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let manager = Proc::manager("manager", &refs, &["--node-timeout", "500ms"]);
+    let api = Api::new(&manager);
+    api.await_all_up().await;
+    let keys = 60;
+    for i in 0..keys {
+        assert_eq!(api.set(&format!("k{i}"), "v0").await.status, 201);
+    }
+    // A write 30 s ahead, within the default bound of node1 and the
+    // manager: the manager's clock follows it through node1's heartbeat.
+    let mut n1 = NodeConn::connect(&nodes[0]).await.client();
+    let ahead = pb::SetRequest {
+        key: "ahead".into(),
+        value: b"x".to_vec().into(),
+        ttl_ms: 0,
+        version: version_ahead(std::time::Duration::from_secs(30)),
+    };
+    n1.set(ahead).await.expect("within node1's bound");
+    // Writes until one reaches node2 and is refused there (the manager
+    // says why).
+    let mut probe = 0;
+    wait_until_for("node2 to refuse a version", LONG_DEADLINE, || {
+        probe += 1;
+        let (api, manager) = (&api, &manager);
+        async move {
+            api.set(&format!("probe{probe}"), "p").await;
+            manager
+                .log_text()
+                .contains("its clock is behind")
+                .then_some(())
+        }
+    })
+    .await;
+    let mut wrong = Vec::new();
+    for i in 0..keys {
+        let key = format!("k{i}");
+        let r = api.set(&key, "v1").await;
+        if r.status != 200 {
+            wrong.push(format!("{key}: POST {} {}", r.status, r.text()));
+            continue;
+        }
+        let read = wait_until_for(&format!("{key} to read"), LONG_DEADLINE, || async {
+            let r = api.get(&key).await;
+            (r.status != 503).then_some(r)
+        })
+        .await;
+        if (read.status, read.text()) != (200, "v1".to_string()) {
+            wrong.push(format!(
+                "{key}: GET {} {:?} after v1 was acknowledged",
+                read.status,
+                read.text()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {keys}: {wrong:#?}", wrong.len());
 }

@@ -360,3 +360,47 @@ async fn a_rolling_restart_waiting_only_for_readiness_loses_no_key() {
     }
     assert_eq!(lost, 0, "{lost} of {keys} keys lost by the rolling restart");
 }
+
+/// The warnings `/cluster` shows.
+async fn warnings(api: &Api) -> Vec<String> {
+    api.cluster().await["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Several managers without etcd have no read leases: each says so, in
+/// `/cluster` and in its log, once it finds the other on a node; and stops
+/// when the other is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_without_etcd_warn_about_each_other() {
+    let c = cluster().await;
+    assert!(warnings(&c.api).await.is_empty(), "alone: nothing to say");
+    let refs: Vec<&Proc> = c.nodes.iter().collect();
+    let mut second = Proc::manager("manager2", &refs, MANAGER_ARGS);
+    let api2 = Api::new(&second);
+    api2.await_all_up().await;
+    for (api, p) in [(&c.api, &c.manager), (&api2, &second)] {
+        let w = wait_until("a warning about the other manager", || async {
+            let w = warnings(api).await;
+            (!w.is_empty()).then_some(w)
+        })
+        .await;
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("--etcd"), "{w:?}");
+        assert!(
+            p.log_text().contains("without --etcd"),
+            "{} did not log it",
+            p.name
+        );
+    }
+    second.kill();
+    wait_until("the warning to go once the other is gone", || async {
+        warnings(&c.api).await.is_empty().then_some(())
+    })
+    .await;
+}

@@ -53,6 +53,17 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The node refused a write's version as too far ahead of its clock.
+    pub fn is_version_too_new(&self) -> bool {
+        matches!(
+            self,
+            CallError::Refused {
+                refusal: Refusal::VersionTooNew,
+                ..
+            }
+        )
+    }
+
     /// Whether the failure says the node is unreachable or unhealthy (as
     /// opposed to it refusing this particular request).
     pub fn is_node_failure(&self) -> bool {
@@ -526,13 +537,19 @@ impl NodeClient {
     /// deadline; the stream itself lives until either side ends it.
     /// `skip_invalidations`: status and lag events only (nothing cached
     /// here needs the per-write invalidations).
+    /// Opens the node's event stream as subscriber `me` (listed in the
+    /// node's Stats while it is open).
     pub async fn subscribe(
         &self,
         skip_invalidations: bool,
+        me: &str,
     ) -> Result<tonic::Streaming<pb::Event>, CallError> {
         let mut c = self.conn().inner.clone();
-        self.call(c.subscribe(Request::new(pb::SubscribeRequest { skip_invalidations })))
-            .await
+        let req = pb::SubscribeRequest {
+            skip_invalidations,
+            subscriber_id: me.to_string(),
+        };
+        self.call(c.subscribe(Request::new(req))).await
     }
 }
 
