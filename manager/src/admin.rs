@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::NodeClient;
 use crate::config::node_uri;
-use crate::http::AppState;
 use crate::placement::{self, ChangeError, MemberState, Versioned};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct Params {

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::client::Connect;
 use crate::client::{CallError, Change, NodeClient, Read, Written};
+use crate::listener::EventListener;
 use crate::marks::{self, MarkQueue, Next};
-use crate::membership::EventListener;
 use crate::near_cache::NearCache;
-use crate::placement::{Placement, Versioned};
+use crate::placement::model::{Placement, Versioned};
 use crate::ring::{arcs_where_both, Ring};
 
 /// Pause before asking again replicas that all lacked a read lease.
@@ -346,12 +346,11 @@ impl RingView {
     }
 }
 
-/// What a new node's membership task needs (set once the cluster runs).
-struct Sessions {
-    heartbeat_timeout: Duration,
-    listener: Arc<dyn EventListener>,
-    shutdown: CancellationToken,
-}
+/// Starts node `index`'s membership task (set once the cluster runs, by
+/// `membership::start`): the cluster starts one for each node it adds,
+/// without depending on membership.
+pub type SessionStarter =
+    Box<dyn Fn(Arc<Cluster>, usize) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// The data nodes and the ring over them.
 pub struct Cluster {
@@ -370,7 +369,7 @@ pub struct Cluster {
     /// The placement comes from a store (etcd), not from learned ids.
     managed: bool,
     connect: Connect,
-    sessions: OnceLock<Sessions>,
+    sessions: OnceLock<SessionStarter>,
     /// This manager's id (in etcd's registry and in lease renewals).
     me: String,
     /// Read lease this manager grants the nodes (managed placement only).
@@ -623,19 +622,10 @@ impl Cluster {
             .position(|n| !n.is_retired() && n.id().as_deref() == Some(id))
     }
 
-    /// Starts the membership tasks of every node, and of nodes added later.
-    pub fn start_sessions(
-        self: &Arc<Self>,
-        heartbeat_timeout: Duration,
-        listener: Arc<dyn EventListener>,
-        shutdown: CancellationToken,
-    ) {
-        let sessions = Sessions {
-            heartbeat_timeout,
-            listener,
-            shutdown,
-        };
-        if self.sessions.set(sessions).is_err() {
+    /// Starts the membership tasks of every node with `starter`, and of
+    /// nodes added later.
+    pub fn start_sessions(self: &Arc<Self>, starter: SessionStarter) {
+        if self.sessions.set(starter).is_err() {
             return;
         }
         for i in 0..self.nodes().len() {
@@ -644,15 +634,11 @@ impl Cluster {
     }
 
     fn start_session(self: &Arc<Self>, index: usize) {
-        let Some(s) = self.sessions.get() else { return };
+        let Some(start) = self.sessions.get() else {
+            return;
+        };
         let node = self.node(index);
-        let task = crate::membership::watch(
-            self.clone(),
-            index,
-            s.heartbeat_timeout,
-            s.listener.clone(),
-            s.shutdown.clone(),
-        );
+        let task = start(self.clone(), index);
         let retired = node.retired.clone();
         tokio::spawn(async move {
             tokio::select! {

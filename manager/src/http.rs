@@ -17,34 +17,17 @@ use serde::Serialize;
 use tracing::instrument;
 
 use crate::admission::{AdmitLayer, TrackLayer};
-use crate::cluster::{Cluster, NodeState};
+use crate::cluster::NodeState;
 use crate::error::ApiError;
-use crate::metrics::{self, Metrics};
-use crate::placement::etcd::Etcd;
+use crate::metrics;
 use crate::query;
+use crate::state::AppState;
 
 /// Most bytes of an unwanted request body read and thrown away after the
 /// answer, so that a client still sending it gets to read the answer (rather
 /// than a reset connection, or RST_STREAM over HTTP/2). Past it the
 /// connection or stream is cut.
 const DRAIN_LIMIT: u64 = 64 << 20;
-
-/// What the handlers share (behind one `Arc`: axum clones the state for
-/// every request).
-pub struct AppState {
-    pub cluster: Arc<Cluster>,
-    pub metrics: Arc<Metrics>,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: u64,
-    pub vnodes: usize,
-    /// Required bearer token, if any.
-    pub auth_token: Option<Arc<str>>,
-    pub max_concurrent_requests: usize,
-    /// Longest a request body may send nothing before the request gets 408.
-    pub body_timeout: Duration,
-    /// Where the placement lives (`--etcd`); membership changes need it.
-    pub store: Option<Etcd>,
-}
 
 /// The manager's routes.
 pub fn router(state: AppState) -> Router {

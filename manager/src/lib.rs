@@ -5,10 +5,11 @@
 //! - [`client`]: the one interface through which requests reach a node.
 //! - [`cluster`]: node states and routing of reads and writes to replicas.
 //! - [`marks`]: the dirty marks placed for a node that missed writes.
+//! - [`listener`]: what receives the nodes' events (the near cache does).
 //! - [`membership`]: per-node `Subscribe` streams, health and rejoin.
 //! - [`near_cache`]: optional hot values in the manager, kept coherent by
 //!   the nodes' invalidation events.
-//! - [`http`], [`query`], [`error`]: the HTTP API; [`metrics`]: `/metrics`.
+//! - [`http`], [`query`], [`error`], [`state`]: the HTTP API; [`metrics`]: `/metrics`.
 //! - [`embedded`]: the in-process cluster used when no nodes are given.
 //! - [`accept`]: the HTTP accept loop (connection cap and timeouts);
 //!   [`admission`]: the in-flight limit and request metrics every request meets.
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod marks;
 pub mod membership;
 pub mod metrics;
@@ -33,6 +35,7 @@ pub mod placement;
 pub mod query;
 pub mod ring;
 pub mod server;
+pub mod state;
 pub mod ui;
 
 pub use config::ManagerOptions;

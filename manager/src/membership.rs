@@ -10,6 +10,7 @@ use ringcache_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, NodeHandle, NodeState};
+use crate::listener::EventListener;
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -24,21 +25,23 @@ const PEER_PATIENCE: Duration = Duration::from_secs(3);
 const REPAIR_PAUSE_MIN: Duration = Duration::from_millis(100);
 const REPAIR_PAUSE_MAX: Duration = Duration::from_secs(2);
 
-/// Receives what the nodes publish (the near cache listens here).
-pub trait EventListener: Send + Sync + 'static {
-    /// One event from node `node` (index in the cluster).
-    fn on_event(&self, node: usize, event: &pb::Event);
-    /// Everything learned from `node` must be treated as unknown: its stream
-    /// broke, had a gap, lagged, or the node restarted.
-    fn on_reset(&self, node: usize);
-}
-
-/// Listener that ignores everything.
-pub struct NoListener;
-
-impl EventListener for NoListener {
-    fn on_event(&self, _: usize, _: &pb::Event) {}
-    fn on_reset(&self, _: usize) {}
+/// Starts the membership task of every node of `cluster`, and of every
+/// node it adds later.
+pub fn start(
+    cluster: &Arc<Cluster>,
+    heartbeat_timeout: Duration,
+    listener: Arc<dyn EventListener>,
+    shutdown: CancellationToken,
+) {
+    cluster.start_sessions(Box::new(move |cluster, index| {
+        Box::pin(watch(
+            cluster,
+            index,
+            heartbeat_timeout,
+            listener.clone(),
+            shutdown.clone(),
+        ))
+    }));
 }
 
 /// Watches node `index` until `shutdown` is cancelled.
@@ -378,6 +381,14 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         if ranges.is_empty() {
             continue;
         }
+        if since == 0 {
+            // A fresh node must not fill from a peer that may lack writes
+            // (being repaired, or marked): it would serve that peer's older
+            // values, and hand them back to it if the peer's repair then
+            // copies from it in full. It waits for that repair, which does
+            // not wait for it.
+            await_trusted(cluster, peer_index).await?;
+        }
         if !peer.writable() {
             if since > 0 {
                 let dropped = node
@@ -412,6 +423,48 @@ async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Re
         }
     }
     Ok(())
+}
+
+/// Longest a warm-up waits for a peer's repair before giving up (and
+/// being tried again).
+const TRUST_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until node `index` can be copied from by a fresh node: it is a
+/// fresh instance itself (it only ever copied from such nodes), or it is
+/// not being repaired and no node lists a dirty mark for it. A node this
+/// manager cannot ask is not waited for (the caller finds it unreachable).
+async fn await_trusted(cluster: &Cluster, index: usize) -> Result<(), String> {
+    let nodes = cluster.nodes();
+    let peer = &nodes[index];
+    let Some(id) = peer.id() else { return Ok(()) };
+    let deadline = tokio::time::Instant::now() + TRUST_PATIENCE;
+    let mut logged = false;
+    loop {
+        let Ok(stats) = peer.client.stats().await else {
+            return Ok(());
+        };
+        let sync = stats.sync.unwrap_or_default();
+        // A fresh instance holds only writes it took and copies from
+        // trusted peers, whatever marks say about the instance before it
+        // (two fresh nodes must not wait for each other).
+        if sync.syncing && sync.since == 0 {
+            return Ok(());
+        }
+        if !sync.syncing && peer_marks(cluster, index, &id).await.is_empty() {
+            return Ok(());
+        }
+        if !logged {
+            logged = true;
+            tracing::info!(peer = %peer.addr(), "warm-up waits for the peer's repair before copying from it");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "peer {} still lacks writes after {TRUST_PATIENCE:?}",
+                peer.addr()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn next_event(

@@ -30,7 +30,7 @@ use lru::LruCache;
 use ringcache_proto::pb;
 use tokio::time::Instant;
 
-use crate::membership::EventListener;
+use crate::listener::EventListener;
 
 /// Bytes charged per entry besides key and value.
 const ENTRY_OVERHEAD: u64 = 96;

@@ -13,11 +13,13 @@ use crate::client::{CallError, NodeClient};
 use crate::cluster::{Cluster, Connect, NodeHandle};
 use crate::config::{parse_node, ManagerOptions};
 use crate::embedded::Embedded;
-use crate::http::{self, AppState};
-use crate::membership::{EventListener, NoListener};
+use crate::http;
+use crate::listener::{EventListener, NoListener};
+use crate::membership;
 use crate::metrics::Metrics;
 use crate::near_cache::NearCache;
 use crate::placement::{self, etcd::Etcd};
+use crate::state::AppState;
 
 /// Node slots the near cache tracks; nodes beyond (after many membership
 /// changes) are never filled from.
@@ -134,7 +136,12 @@ async fn run(
         None => Arc::new(NoListener),
     };
     let cluster = Arc::new(cluster);
-    cluster.start_sessions(opts.heartbeat_timeout, listener_events, token.clone());
+    membership::start(
+        &cluster,
+        opts.heartbeat_timeout,
+        listener_events,
+        token.clone(),
+    );
     if let Some(store) = &store {
         tokio::spawn(placement::follow(
             store.clone(),
