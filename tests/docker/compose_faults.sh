@@ -21,12 +21,13 @@
 #   - one manager killed: the other keeps serving, nothing stale or lost;
 #   - etcd stopped: reads and writes go on through both managers, a new
 #     data node is not added; etcd started: it is (the change waited);
-#   - one manager cut off the network while the other overwrites keys: no
-#     read of an old value through either, during or after;
-#   - a data node killed, and one cut off the network, as before;
 #   - a rolling restart of every data node container, each waiting only
 #     for its compose health check (readiness) to say healthy, with KEYS
-#     keys and DATANODE_SYNC_RATE throttled: 0 keys lost.
+#     keys and DATANODE_SYNC_RATE throttled: 0 keys lost;
+#   - a data node killed, and one cut off the network, as before;
+#   - a manager restarted; last, one manager cut off the network while the
+#     other overwrites keys: no read of an old value through either, during
+#     or after.
 #
 # Environment:
 #   COMPOSE             compose command (default: `docker compose` when
@@ -480,6 +481,27 @@ wait_until "back to one placement of 3 members, all up" 300 converged 3
 check "keys written while etcd was stopped read back" read_all "$api1" ed 1 60 a
 verify_keys "$api2" "a sample of the $keys keys (every 20th) reads back after etcd was restarted" 20
 
+# --- a rolling restart, waiting only for each node's health check ---------
+verify_keys "$api1" "all $keys keys read back before the rolling restart"
+load_start rolling "$api1,$api2"
+roll_start=$SECONDS
+for n in 1 2 3; do
+  c="$(dn "$n")"
+  started_before="$(docker inspect -f '{{.State.StartedAt}}' "$c")"
+  log "docker restart data node $n ($(node_id_of "$c"))"
+  t0=$SECONDS
+  docker restart -t 10 "$c" >/dev/null
+  restarted() { [[ "$(docker inspect -f '{{.State.StartedAt}}' "$1")" != "$2" ]] && healthy "$1"; }
+  # What an orchestrator does: the next node only once this one's health
+  # check (readiness: it holds its share again) says healthy.
+  wait_until "data node $n restarted and its health check healthy" 300 restarted "$c" "$started_before"
+  measure "rolling restart: data node $n healthy (ready) $((SECONDS - t0))s after docker restart"
+done
+load_stop rolling "rolling restart"
+measure "rolling restart of 3 data nodes with $keys keys, sync rate $RINGCACHE_SYNC_RATE: $((SECONDS - roll_start))s; load p99 ${load_p99} ms"
+verify_keys "$api2" "rolling restart waiting only for readiness: all $keys keys read back through manager2 (0 lost)"
+wait_until "both managers on one placement of 3 after the rolling restart" 120 converged 3
+
 # --- a data node killed -----------------------------------------------------
 c2="$(dn 2)"
 id2="$(node_id_of "$c2")"
@@ -520,27 +542,6 @@ check "no key reads its pre-partition value v1 (manager1)" no_value "$api1" n 1 
 check "no key reads its pre-partition value v1 (manager2)" no_value "$api2" n 1 50 v1-
 check "the 10 keys deleted during the partition stay deleted (404)" read_all "$api2" n 1 10 404
 check "the other 40 keys read v2" read_all "$api1" n 11 50 v2-
-
-# --- a rolling restart, waiting only for each node's health check ---------
-verify_keys "$api1" "all $keys keys read back before the rolling restart"
-load_start rolling "$api1,$api2"
-roll_start=$SECONDS
-for n in 1 2 3; do
-  c="$(dn "$n")"
-  started_before="$(docker inspect -f '{{.State.StartedAt}}' "$c")"
-  log "docker restart data node $n ($(node_id_of "$c"))"
-  t0=$SECONDS
-  docker restart -t 10 "$c" >/dev/null
-  restarted() { [[ "$(docker inspect -f '{{.State.StartedAt}}' "$1")" != "$2" ]] && healthy "$1"; }
-  # What an orchestrator does: the next node only once this one's health
-  # check (readiness: it holds its share again) says healthy.
-  wait_until "data node $n restarted and its health check healthy" 300 restarted "$c" "$started_before"
-  measure "rolling restart: data node $n healthy (ready) $((SECONDS - t0))s after docker restart"
-done
-load_stop rolling "rolling restart"
-measure "rolling restart of 3 data nodes with $keys keys, sync rate $RINGCACHE_SYNC_RATE: $((SECONDS - roll_start))s; load p99 ${load_p99} ms"
-verify_keys "$api2" "rolling restart waiting only for readiness: all $keys keys read back through manager2 (0 lost)"
-wait_until "both managers on one placement of 3 after the rolling restart" 120 converged 3
 
 # --- a manager restarted -----------------------------------------------------
 check "20 keys written" write_all "$api2" r 1 20 r
