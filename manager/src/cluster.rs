@@ -727,11 +727,15 @@ impl Cluster {
     /// The index of member `id`'s handle, created (with its membership
     /// task) when new.
     fn member_node(self: &Arc<Self>, id: &str, address: &str) -> Option<usize> {
+        let uri = crate::config::node_uri(address);
         if let Some(i) = self.index_of(id) {
-            return Some(i);
+            // At a new address, the member gets a new handle (the old one
+            // is retired when the placement is installed).
+            if self.node(i).addr() == uri {
+                return Some(i);
+            }
         }
         // A `--nodes` entry whose id is not known yet may be this member.
-        let uri = crate::config::node_uri(address);
         if let Some(i) = self
             .nodes()
             .iter()

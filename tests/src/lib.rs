@@ -561,6 +561,64 @@ impl TestCluster {
     }
 }
 
+/// Two managers sharing an etcd over three data nodes, manager1 reaching
+/// node2 only through a relay (the partition to come), manager2 reaching
+/// every node directly; all up, and node2 holding both managers' leases.
+pub struct CutCluster {
+    pub etcd: Proc,
+    pub nodes: Vec<Proc>,
+    pub relay: Relay,
+    pub m1: Proc,
+    pub m2: Proc,
+    /// Through manager1 and manager2.
+    pub a: Api,
+    pub b: Api,
+}
+
+impl CutCluster {
+    pub async fn start(cluster: &str, node_args: &[&str]) -> Self {
+        let etcd = Proc::etcd("etcd");
+        let nodes: Vec<Proc> = (1..=3)
+            .map(|i| Proc::datanode(&format!("node{i}"), node_args))
+            .collect();
+        let relay = Relay::start(nodes[1].addr).await;
+        let list1 = [nodes[0].grpc_uri(), relay.uri(), nodes[2].grpc_uri()];
+        let m1 = Proc::etcd_manager("manager1", &etcd, cluster, &list1);
+        let a = Api::new(&m1);
+        let three = ["node1", "node2", "node3"];
+        a.await_members(&three).await;
+        let list2: Vec<String> = nodes.iter().map(Proc::grpc_uri).collect();
+        let m2 = Proc::etcd_manager("manager2", &etcd, cluster, &list2);
+        let b = Api::new(&m2);
+        b.await_members(&three).await;
+        a.await_all_up().await;
+        b.await_all_up().await;
+        let node2 = NodeConn::connect(&nodes[1]).await;
+        wait_until_for(
+            "node2 to hold both managers' leases",
+            LONG_DEADLINE,
+            || async {
+                let leases = node2.stats().await.leases;
+                let held = leases
+                    .iter()
+                    .filter(|l| l.required && l.remaining_ms > 0)
+                    .count();
+                (held == 2).then_some(())
+            },
+        )
+        .await;
+        Self {
+            etcd,
+            nodes,
+            relay,
+            m1,
+            m2,
+            a,
+            b,
+        }
+    }
+}
+
 /// What one data node holds for a key, read directly over gRPC (not through
 /// a manager, and not a consistent read: a syncing node answers too).
 #[derive(Debug, Clone, PartialEq, Eq)]

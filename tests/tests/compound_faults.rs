@@ -8,7 +8,7 @@
 #![cfg_attr(no_etcd, allow(unused))]
 
 use ringcache_proto::pb;
-use ringcache_tests::{wait_until_for, Api, NodeConn, Proc, Relay, LONG_DEADLINE};
+use ringcache_tests::{wait_until_for, Api, CutCluster, NodeConn, Proc, LONG_DEADLINE};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 
@@ -41,29 +41,11 @@ fn stale(key: &str, status: u16, body: &str, latest: Option<&str>) -> Option<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
 async fn a_partition_then_a_crash_of_the_cut_off_manager_serves_nothing_stale() {
-    let etcd = Proc::etcd("etcd");
-    let nodes: Vec<Proc> = (1..=3)
-        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
-        .collect();
-    let relay = Relay::start(nodes[1].addr).await;
-    let list1 = [nodes[0].grpc_uri(), relay.uri(), nodes[2].grpc_uri()];
-    let mut m1 = Proc::etcd_manager("manager1", &etcd, "pc", &list1);
-    let a = Api::new(&m1);
-    a.await_members(&["node1", "node2", "node3"]).await;
-    let list2: Vec<String> = nodes.iter().map(|n| n.grpc_uri()).collect();
-    let m2 = Proc::etcd_manager("manager2", &etcd, "pc", &list2);
-    let b = Api::new(&m2);
-    b.await_members(&["node1", "node2", "node3"]).await;
-    a.await_all_up().await;
-    b.await_all_up().await;
+    let mut c = CutCluster::start("pc", NODE_ARGS).await;
+    let (nodes, relay, a, b) = (&c.nodes, &c.relay, &c.a, &c.b);
     // Both managers share etcd: protected, nothing to warn about.
     assert_eq!(b.cluster().await["warnings"], serde_json::json!([]));
     let node2 = NodeConn::connect(&nodes[1]).await;
-    wait_until_for("node2 to require both leases", LONG_DEADLINE, || async {
-        (required_leases(&node2).await == 2).then_some(())
-    })
-    .await;
-
     let keys = 120;
     let overwritten = 90;
     for i in 0..keys {
@@ -91,7 +73,7 @@ async fn a_partition_then_a_crash_of_the_cut_off_manager_serves_nothing_stale() 
 
     // manager1 dies without deregistering; once its registration expires,
     // node2 no longer needs its lease to answer reads.
-    m1.kill();
+    c.m1.kill();
     wait_until_for(
         "manager1's registration to expire",
         LONG_DEADLINE,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringcache_manager::ring::{Ring, DEFAULT_VNODES};
-use ringcache_tests::{wait_until_for, Api, Held, NodeConn, Proc, Relay, LONG_DEADLINE};
+use ringcache_tests::{
+    wait_until_for, Api, CutCluster, Held, NodeConn, Proc, Relay, LONG_DEADLINE,
+};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 
@@ -375,39 +377,11 @@ async fn a_node_killed_during_hand_off_leaves_a_placement_to_retry_or_roll_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
 async fn a_write_that_cannot_reach_a_replica_waits_until_that_replica_serves_no_reads() {
-    let etcd = Proc::etcd("etcd");
-    let nodes: Vec<Proc> = (1..=3)
-        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
-        .collect();
     // manager1 reaches node2 only through a relay (the partition to come);
     // manager2 reaches every node directly.
-    let relay = Relay::start(nodes[1].addr).await;
-    let list1 = [nodes[0].grpc_uri(), relay.uri(), nodes[2].grpc_uri()];
-    let m1 = manager_at("manager1", &etcd, "part", &list1);
-    let a = Api::new(&m1);
-    a.await_members(&["node1", "node2", "node3"]).await;
-    let refs: Vec<&Proc> = nodes.iter().collect();
-    let m2 = manager("manager2", &etcd, "part", &refs);
-    let b = Api::new(&m2);
-    b.await_members(&["node1", "node2", "node3"]).await;
-    a.await_all_up().await;
-    b.await_all_up().await;
+    let c = CutCluster::start("part", NODE_ARGS).await;
+    let (nodes, relay, a, b) = (&c.nodes, &c.relay, &c.a, &c.b);
     let node2 = NodeConn::connect(&nodes[1]).await;
-    // Both managers registered, each holding a lease on node2.
-    wait_until_for(
-        "node2 to hold both managers' leases",
-        LONG_DEADLINE,
-        || async {
-            let leases = node2.stats().await.leases;
-            (leases
-                .iter()
-                .filter(|l| l.required && l.remaining_ms > 0)
-                .count()
-                == 2)
-                .then_some(())
-        },
-    )
-    .await;
     let keys = 60;
     for i in 0..keys {
         assert_eq!(a.set(&format!("k{i}"), "v1").await.status, 201);

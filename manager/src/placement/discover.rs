@@ -147,7 +147,15 @@ pub async fn run(
                 };
                 let id = stats.node_id;
                 known.insert(addr, id.clone());
-                if current.placement.member(&id).is_some() {
+                if let Some(m) = current.placement.member(&id) {
+                    // The same node (same id) answering at a new address: a
+                    // container or pod that came back with a new IP.
+                    if m.address != uri {
+                        tracing::info!(%id, from = %m.address, to = %uri, "a member answers at a new address");
+                        if let Err(e) = super::update(&store, |p| p.readdress(&id, &uri)).await {
+                            tracing::warn!(error = %e, "re-addressing a member");
+                        }
+                    }
                     continue;
                 }
                 tracing::info!(%uri, %id, "a --nodes name gives a new node: adding it");

@@ -111,6 +111,19 @@ impl Placement {
     /// which rolls the addition back (it was never read). Refused when no
     /// node would own the keys afterwards. Returns whether anything
     /// changed.
+    /// Member `id` is now reached at `address` (a container or pod that came
+    /// back with a new IP keeps its id): true if that changed anything. Its
+    /// state is kept; the managers reconnect, and the new process, which
+    /// holds nothing, is warmed up like any restarted node.
+    pub fn readdress(&mut self, id: &str, address: &str) -> Result<bool, ChangeError> {
+        let Some(m) = self.members.iter_mut().find(|m| m.id == id) else {
+            return Err(ChangeError::UnknownId(id.to_string()));
+        };
+        let changed = m.address != address;
+        m.address = address.to_string();
+        Ok(changed)
+    }
+
     pub fn remove(&mut self, id: &str) -> Result<bool, ChangeError> {
         let Some(pos) = self.members.iter().position(|m| m.id == id) else {
             return Err(ChangeError::UnknownId(id.to_string()));
@@ -178,6 +191,20 @@ mod tests {
             ("b".to_string(), "http://b".to_string()),
             ("c".to_string(), "http://c".to_string()),
         ])
+    }
+
+    #[test]
+    fn a_member_back_at_a_new_address_keeps_its_id_and_state() {
+        let mut p = three();
+        assert_eq!(p.readdress("b", "http://b2"), Ok(true));
+        let b = p.member("b").unwrap();
+        assert_eq!(
+            (b.address.as_str(), b.state),
+            ("http://b2", MemberState::Up)
+        );
+        assert!(!p.moving(), "no hand-off: the ring is built from ids");
+        assert_eq!(p.readdress("b", "http://b2"), Ok(false));
+        assert!(p.readdress("z", "http://z").is_err());
     }
 
     #[test]
