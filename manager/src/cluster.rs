@@ -78,9 +78,10 @@ pub struct NodeHandle {
     pub client: NodeClient,
     /// Id given with `--nodes id=addr`: the node must report it.
     pinned_id: Option<String>,
-    /// Created for a placement member (its address is the placement's),
-    /// not from this manager's `--nodes` (an address of its own choosing,
-    /// e.g. through a relay or another name for the same node).
+    /// Created for a placement member (its address is the placement's), or
+    /// from a `--nodes` DNS name (which may give several nodes: a scaled
+    /// service); otherwise from an address literal in this manager's
+    /// `--nodes`, its own way to the node (a relay, say), which it keeps.
     from_placement: bool,
     state: AtomicU8,
     info: Mutex<NodeInfo>,
@@ -113,9 +114,9 @@ impl NodeHandle {
             ..NodeInfo::default()
         };
         Self {
+            from_placement: crate::config::host_name(client.addr()).is_some(),
             client,
             pinned_id,
-            from_placement: false,
             state: AtomicU8::new(NodeState::Unknown as u8),
             info: Mutex::new(info),
             down: Notify::new(),
@@ -736,8 +737,8 @@ impl Cluster {
         if let Some(i) = self.index_of(id) {
             // A member the placement moved to a new address gets a new
             // handle there (the old one is retired when the placement is
-            // installed); one this manager reaches at an address of its own
-            // (`--nodes`) keeps it.
+            // installed); one this manager reaches at an address literal of
+            // its own (`--nodes`) keeps it.
             let node = self.node(i);
             if !node.from_placement || node.addr() == uri {
                 return Some(i);

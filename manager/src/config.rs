@@ -200,6 +200,16 @@ pub fn node_uri(addr: &str) -> String {
     }
 }
 
+/// The host and port of a node URI (`http://host:port`) whose host is a
+/// DNS name, not an address literal.
+pub fn host_name(uri: &str) -> Option<(String, u16)> {
+    let authority = uri.split("://").nth(1)?.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.parse::<std::net::IpAddr>().is_err()).then(|| (host.to_string(), port))
+}
+
 /// The flags' defaults, the environment ignored.
 impl Default for ManagerOptions {
     fn default() -> Self {

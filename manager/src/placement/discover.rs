@@ -23,14 +23,7 @@ const EVERY: Duration = Duration::from_secs(5);
 pub fn names(entries: &[String]) -> Vec<(String, u16)> {
     entries
         .iter()
-        .filter_map(|e| {
-            let (_, uri) = crate::config::parse_node(e);
-            let authority = uri.split("://").nth(1)?.split('/').next()?;
-            let (host, port) = authority.rsplit_once(':')?;
-            let port: u16 = port.parse().ok()?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            (host.parse::<std::net::IpAddr>().is_err()).then(|| (host.to_string(), port))
-        })
+        .filter_map(|e| crate::config::host_name(&crate::config::parse_node(e).1))
         .collect()
 }
 
