@@ -63,7 +63,7 @@ pub struct Node {
     placement: AtomicU64,
     leases: Leases,
     /// Open Subscribe streams by subscriber id (a manager's), counted.
-    subscribers: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    subscribers: crate::primitives::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
 }
@@ -84,7 +84,7 @@ impl Node {
             marks: Marks::default(),
             placement: AtomicU64::new(0),
             leases: Leases::default(),
-            subscribers: Default::default(),
+            subscribers: crate::primitives::Mutex::new(std::collections::BTreeMap::new()),
             shutdown,
         })
     }
