@@ -562,12 +562,14 @@ impl TestCluster {
 }
 
 /// Two managers sharing an etcd over three data nodes, manager1 reaching
-/// node2 only through a relay (the partition to come), manager2 reaching
-/// every node directly; all up, and node2 holding both managers' leases.
+/// each node only through a relay of its own (the partitions to come),
+/// manager2 reaching every node directly; all up, and node2 holding both
+/// managers' leases.
 pub struct CutCluster {
     pub etcd: Proc,
     pub nodes: Vec<Proc>,
-    pub relay: Relay,
+    /// Manager1's way to each node.
+    pub relays: Vec<Relay>,
     pub m1: Proc,
     pub m2: Proc,
     /// Through manager1 and manager2.
@@ -581,8 +583,11 @@ impl CutCluster {
         let nodes: Vec<Proc> = (1..=3)
             .map(|i| Proc::datanode(&format!("node{i}"), node_args))
             .collect();
-        let relay = Relay::start(nodes[1].addr).await;
-        let list1 = [nodes[0].grpc_uri(), relay.uri(), nodes[2].grpc_uri()];
+        let mut relays = Vec::new();
+        for n in &nodes {
+            relays.push(Relay::start(n.addr).await);
+        }
+        let list1: Vec<String> = relays.iter().map(Relay::uri).collect();
         let m1 = Proc::etcd_manager("manager1", &etcd, cluster, &list1);
         let a = Api::new(&m1);
         let three = ["node1", "node2", "node3"];
@@ -610,11 +615,20 @@ impl CutCluster {
         Self {
             etcd,
             nodes,
-            relay,
+            relays,
             m1,
             m2,
             a,
             b,
+        }
+    }
+
+    /// Manager `m` (0: manager1, 1: manager2).
+    pub fn manager(&mut self, m: usize) -> &mut Proc {
+        if m == 0 {
+            &mut self.m1
+        } else {
+            &mut self.m2
         }
     }
 }

@@ -8,7 +8,7 @@
 #![cfg_attr(no_etcd, allow(unused))]
 
 use ringcache_proto::pb;
-use ringcache_tests::{wait_until_for, Api, CutCluster, NodeConn, Proc, Relay, LONG_DEADLINE};
+use ringcache_tests::{wait_until_for, Api, CutCluster, NodeConn, Proc, LONG_DEADLINE};
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
 
@@ -42,7 +42,7 @@ fn stale(key: &str, status: u16, body: &str, latest: Option<&str>) -> Option<Str
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
 async fn a_partition_then_a_crash_of_the_cut_off_manager_serves_nothing_stale() {
     let mut c = CutCluster::start("pc", NODE_ARGS).await;
-    let (nodes, relay, a, b) = (&c.nodes, &c.relay, &c.a, &c.b);
+    let (nodes, relay, a, b) = (&c.nodes, &c.relays[1], &c.a, &c.b);
     // Both managers share etcd: protected, nothing to warn about.
     assert_eq!(b.cluster().await["warnings"], serde_json::json!([]));
     let node2 = NodeConn::connect(&nodes[1]).await;
@@ -354,23 +354,8 @@ async fn a_node_restarted_while_its_peer_is_repaired_serves_nothing_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_etcd, ignore = "etcd is not installed")]
 async fn a_manager_cut_off_from_every_node_loses_nothing_when_it_comes_back() {
-    let etcd = Proc::etcd("etcd");
-    let nodes: Vec<Proc> = (1..=3)
-        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
-        .collect();
-    let mut relays = Vec::new();
-    for n in &nodes {
-        relays.push(Relay::start(n.addr).await);
-    }
-    let list1: Vec<String> = relays.iter().map(Relay::uri).collect();
-    let list2: Vec<String> = nodes.iter().map(Proc::grpc_uri).collect();
-    let m1 = Proc::etcd_manager("manager1", &etcd, "cut", &list1);
-    let m2 = Proc::etcd_manager("manager2", &etcd, "cut", &list2);
-    let (a, b) = (Api::new(&m1), Api::new(&m2));
-    for api in [&a, &b] {
-        api.await_members(&["node1", "node2", "node3"]).await;
-        api.await_all_up().await;
-    }
+    let c = CutCluster::start("cut", NODE_ARGS).await;
+    let (nodes, relays, a, b) = (&c.nodes, &c.relays, &c.a, &c.b);
     let keys = 600;
     for i in 0..keys {
         assert_eq!(b.set(&format!("k{i}"), "v1").await.status, 201);
@@ -379,14 +364,14 @@ async fn a_manager_cut_off_from_every_node_loses_nothing_when_it_comes_back() {
     // the repair point manager1 will guess (4 x --node-timeout before it
     // notices); a node younger than that is copied in full, and two nodes
     // copying each other in full at once is a known gap (consistency.md).
-    for n in &nodes {
+    for n in nodes {
         let conn = NodeConn::connect(n).await;
         wait_until_for("the nodes to be 3 s old", LONG_DEADLINE, || async {
             (conn.stats().await.uptime_ms > 3000).then_some(())
         })
         .await;
     }
-    for r in &relays {
+    for r in relays {
         r.sever();
     }
     // manager1 takes every node for down; manager2 keeps writing.

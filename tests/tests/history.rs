@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringcache_tests::{Held, NodeConn, Proc, Relay, TestCluster};
+use ringcache_tests::{CutCluster, Held, NodeConn, Proc, TestCluster};
 
 const KEYS: usize = 40;
 const CLIENTS: usize = 6;
@@ -471,59 +471,42 @@ async fn overlapping_faults_from_a_seeded_schedule_serve_nothing_stale() {
     let schedule: Vec<Compound> = (0..steps).map(|_| Compound::pick(&mut rng)).collect();
     eprintln!("overlapping faults: SOAK_SEED={seed} SOAK_STEPS={steps}: {schedule:?}");
 
-    let etcd = Proc::etcd("etcd");
-    let mut nodes: Vec<Proc> = (1..=3)
-        .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
-        .collect();
     // Manager 1 reaches every node through a relay (the partitions);
     // manager 2 directly.
-    let mut relays = Vec::new();
-    for n in &nodes {
-        relays.push(Relay::start(n.addr).await);
-    }
-    let list1: Vec<String> = relays.iter().map(Relay::uri).collect();
-    let list2: Vec<String> = nodes.iter().map(Proc::grpc_uri).collect();
-    let mut managers = [
-        Proc::etcd_manager("manager1", &etcd, "soak", &list1),
-        Proc::etcd_manager("manager2", &etcd, "soak", &list2),
-    ];
-    let apis: Vec<ringcache_tests::Api> = managers.iter().map(ringcache_tests::Api::new).collect();
-    for api in &apis {
-        api.await_members(&["node1", "node2", "node3"]).await;
-    }
-    all_up(&apis).await;
-    let load = Load::start(managers.iter().map(|m| m.http_url("")).collect());
+    let mut c = CutCluster::start("soak", NODE_ARGS).await;
+    let apis = [c.a.clone(), c.b.clone()];
+    let load = Load::start(vec![c.m1.http_url(""), c.m2.http_url("")]);
 
     for (step, fault) in schedule.iter().enumerate() {
         tokio::time::sleep(phase).await;
         eprintln!("step {step}: {fault:?}");
         match *fault {
             Compound::StallAndRestart { a, b } => {
-                nodes[a].signal(libc::SIGSTOP);
+                c.nodes[a].signal(libc::SIGSTOP);
                 tokio::time::sleep(FAULT / 2).await;
-                nodes[b].restart("data node serving gRPC");
+                c.nodes[b].restart("data node serving gRPC");
                 tokio::time::sleep(FAULT / 2).await;
-                nodes[a].signal(libc::SIGCONT);
+                c.nodes[a].signal(libc::SIGCONT);
             }
             Compound::PartitionThenCrash { a } => {
-                relays[a].sever();
+                c.relays[a].sever();
                 tokio::time::sleep(FAULT).await;
-                managers[0].kill();
+                c.m1.kill();
                 tokio::time::sleep(FAULT).await;
-                relays[a].release();
-                managers[0].restart("manager serving HTTP");
+                c.relays[a].release();
+                c.m1.restart("manager serving HTTP");
             }
             Compound::ManagerAndNodePaused { m, a } => {
-                managers[m].signal(libc::SIGSTOP);
-                nodes[a].signal(libc::SIGSTOP);
+                c.manager(m).signal(libc::SIGSTOP);
+                c.nodes[a].signal(libc::SIGSTOP);
                 tokio::time::sleep(FAULT).await;
-                managers[m].signal(libc::SIGCONT);
+                c.manager(m).signal(libc::SIGCONT);
                 tokio::time::sleep(FAULT / 2).await;
-                nodes[a].signal(libc::SIGCONT);
+                c.nodes[a].signal(libc::SIGCONT);
             }
             Compound::HastyRollingRestart { a, b } => {
-                nodes[a].restart("data node serving gRPC");
-                nodes[b].restart("data node serving gRPC");
+                c.nodes[a].restart("data node serving gRPC");
+                c.nodes[b].restart("data node serving gRPC");
             }
         }
         all_up(&apis).await;
@@ -543,7 +526,7 @@ async fn overlapping_faults_from_a_seeded_schedule_serve_nothing_stale() {
     // (with no membership change, only a key's replicas ever hold it), and
     // both managers read the same.
     let mut conns = Vec::new();
-    for n in &nodes {
+    for n in &c.nodes {
         conns.push(NodeConn::connect(n).await);
     }
     for k in 0..KEYS {

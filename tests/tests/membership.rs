@@ -380,7 +380,7 @@ async fn a_write_that_cannot_reach_a_replica_waits_until_that_replica_serves_no_
     // manager1 reaches node2 only through a relay (the partition to come);
     // manager2 reaches every node directly.
     let c = CutCluster::start("part", NODE_ARGS).await;
-    let (nodes, relay, a, b) = (&c.nodes, &c.relay, &c.a, &c.b);
+    let (nodes, relay, a, b) = (&c.nodes, &c.relays[1], &c.a, &c.b);
     let node2 = NodeConn::connect(&nodes[1]).await;
     let keys = 60;
     for i in 0..keys {
