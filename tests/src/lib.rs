@@ -744,58 +744,10 @@ impl Relay {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let mut rx = rx.clone();
-                let mut cut = rx_severed.clone();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let pump = async {
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            // Hold the bytes while the link is held.
-                            if rx.wait_for(|h| !*h).await.is_err() {
-                                break;
-                            }
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    // Severed: the connection is dropped with what it held.
-                    tokio::select! {
-                        _ = pump => {}
-                        _ = cut.wait_for(|s| *s) => {}
-                    }
-                });
-                let mut rx_back = rx_back.clone();
-                let mut cut = rx_severed.clone();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let pump = async {
-                        loop {
-                            let n = match sr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            if rx_back.wait_for(|h| !*h).await.is_err() {
-                                break;
-                            }
-                            if cw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = pump => {}
-                        _ = cut.wait_for(|s| *s) => {}
-                    }
-                });
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, rx.clone(), rx_severed.clone()));
+                tokio::spawn(pump(sr, cw, rx_back.clone(), rx_severed.clone()));
             }
         });
         Relay {
@@ -835,6 +787,37 @@ impl Relay {
         let _ = self.held.send(false);
         let _ = self.held_back.send(false);
         let _ = self.severed.send(false);
+    }
+}
+
+/// Copies one direction of a relayed connection: bytes wait while `held`
+/// is true and are delivered, in order, when it turns false; when `severed`
+/// turns true the direction is dropped with whatever it held.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: tokio::sync::watch::Receiver<bool>,
+    mut severed: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    let copy = async {
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if held.wait_for(|h| !*h).await.is_err() {
+                break;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = copy => {}
+        _ = severed.wait_for(|s| *s) => {}
     }
 }
 
