@@ -75,11 +75,39 @@ pub(crate) fn read(r: Option<Read>, last_seq: u64) -> pb::GetResponse {
     }
 }
 
-/// (replaced, superseded, version) of a write's outcome.
-pub(crate) fn outcome(o: Outcome) -> (bool, bool, u64) {
+/// A write's answer: `readable` says whether the node answered consistent
+/// reads when it applied or refused the write.
+pub(crate) fn set_response(o: Outcome, readable: bool) -> pb::SetResponse {
     match o {
-        Outcome::Applied { replaced, version } => (replaced, false, version),
-        Outcome::Superseded { version } => (false, true, version),
+        Outcome::Applied {
+            replaced,
+            version,
+            prior,
+        } => pb::SetResponse {
+            replaced,
+            superseded: false,
+            version,
+            replaced_version: prior,
+            readable,
+        },
+        Outcome::Superseded { version } => pb::SetResponse {
+            superseded: true,
+            version,
+            readable,
+            ..Default::default()
+        },
+    }
+}
+
+/// As [`set_response`]; a delete's `deleted` is a set's `replaced`.
+pub(crate) fn delete_response(o: Outcome, readable: bool) -> pb::DeleteResponse {
+    let r = set_response(o, readable);
+    pb::DeleteResponse {
+        deleted: r.replaced,
+        superseded: r.superseded,
+        version: r.version,
+        replaced_version: r.replaced_version,
+        readable: r.readable,
     }
 }
 

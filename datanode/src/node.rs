@@ -182,6 +182,12 @@ impl Node {
         Ok(())
     }
 
+    /// Whether a consistent read would be answered now: not syncing, and
+    /// every registered manager's read lease held.
+    pub fn readable(&self) -> bool {
+        !self.sync.is_syncing() && self.leases().held()
+    }
+
     /// `None` when `consistent` and the node is syncing: it may lack writes,
     /// so it gives no answer at all.
     pub fn get(&self, key: &str, consistent: bool) -> Result<Option<Read>, NodeError> {

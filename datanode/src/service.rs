@@ -41,22 +41,17 @@ fn get_response(node: &Node, req: &pb::GetRequest) -> Result<pb::GetResponse, No
 }
 
 fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, NodeError> {
-    let (replaced, superseded, version) =
-        convert::outcome(node.set(&req.key, &req.value, req.ttl_ms, req.version)?);
-    Ok(pb::SetResponse {
-        replaced,
-        superseded,
-        version,
-    })
+    // Readable before or after applying: a read may have seen the write
+    // if the node answered reads at any moment from applying it on.
+    let before = node.readable();
+    let outcome = node.set(&req.key, &req.value, req.ttl_ms, req.version)?;
+    Ok(convert::set_response(outcome, before || node.readable()))
 }
 
 fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, NodeError> {
-    let (deleted, superseded, version) = convert::outcome(node.delete(&req.key, req.version)?);
-    Ok(pb::DeleteResponse {
-        deleted,
-        superseded,
-        version,
-    })
+    let before = node.readable();
+    let outcome = node.delete(&req.key, req.version)?;
+    Ok(convert::delete_response(outcome, before || node.readable()))
 }
 
 /// Runs one operation of a batch; errors travel inside the result so that

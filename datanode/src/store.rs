@@ -115,8 +115,13 @@ impl Read {
 /// What a versioned write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stored at `version`; `replaced` when a live value was there before.
-    Applied { replaced: bool, version: u64 },
+    /// Stored at `version`; `replaced` when a live value was there before,
+    /// `prior` the version of what was there (0: nothing).
+    Applied {
+        replaced: bool,
+        version: u64,
+        prior: u64,
+    },
     /// Not applied: the store holds, or dropped, `version`, which is newer.
     Superseded { version: u64 },
 }
@@ -515,6 +520,7 @@ impl Store {
             let newer = version > cv || (version == cv && wins_tie(value, cur));
             (is_expired(cur, now), cv, newer, !cur.is_tombstone())
         });
+        let prior = held.map_or(0, |h| h.1);
         let replaced = match held {
             Some((true, ..)) => {
                 self.expire(&mut shard, key);
@@ -579,7 +585,11 @@ impl Store {
             }
             None => {}
         }
-        Ok(Outcome::Applied { replaced, version })
+        Ok(Outcome::Applied {
+            replaced,
+            version,
+            prior,
+        })
     }
 
     /// Inserts or replaces `key` at a version from the store's own clock.
@@ -1066,7 +1076,8 @@ mod tests {
             s.apply(w("k", None, 30)),
             Ok(Outcome::Applied {
                 replaced: true,
-                version: 30
+                version: 30,
+                prior: 20,
             })
         );
         assert!(!applied(s.apply(w("k", Some(b"v2.5"), 25))));
@@ -1077,7 +1088,15 @@ mod tests {
                 seq: s.events().last_seq()
             }
         );
-        assert!(applied(s.apply(w("k", Some(b"v4"), 40))));
+        // What a write replaced is reported, a tombstone included.
+        assert_eq!(
+            s.apply(w("k", Some(b"v4"), 40)),
+            Ok(Outcome::Applied {
+                replaced: false,
+                version: 40,
+                prior: 30,
+            })
+        );
         assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"v4"));
     }
 

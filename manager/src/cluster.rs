@@ -3,8 +3,9 @@
 //! replicas (docs/design/consistency.md).
 //!
 //! - Writes carry a version from this manager's hybrid logical clock; a
-//!   replica that holds something newer answers `superseded` and the write is
-//!   sent again above it.
+//!   replica that holds something newer answers `superseded`, and the write
+//!   is sent again above it unless a reader may have seen it
+//!   ([`crate::write_round`]).
 //! - A write acknowledged without one of its replicas (down, failed) waits
 //!   until a dirty mark for that replica is held by its peers, so the fact
 //!   that it missed writes survives this manager.
@@ -30,6 +31,7 @@ use crate::marks::{self, MarkQueue, Next};
 use crate::near_cache::NearCache;
 use crate::placement::model::{Placement, Versioned};
 use crate::ring::{arcs_where_both, Ring};
+use crate::write_round::{Next as Round, WriteRound};
 
 /// Pause before asking again replicas that all lacked a read lease.
 const UNLEASED_RETRY: Duration = Duration::from_millis(50);
@@ -245,6 +247,8 @@ pub enum ClusterError {
     },
     #[error("{0}")]
     Rejected(CallError),
+    #[error("newer writes of the key overtook this one on each of {0} attempts: it is ordered just before them (overwritten); what it replaced is unknown")]
+    Overtaken(usize),
 }
 
 /// The rings requests are routed by: one placement version.
@@ -1139,7 +1143,22 @@ impl Cluster {
         // version of its first (older than every attempt's).
         let mut skipped = Vec::new();
         let mut first = None;
+        let mut round = WriteRound::default();
+        // A target's place in the key's read order: the read replicas come
+        // first among the targets, in that order (a joining node after).
+        let readers = if view.moving() {
+            view.replicas(key, self.replicas).len()
+        } else {
+            targets.len()
+        };
+        let reader = |i: usize| {
+            targets
+                .iter()
+                .position(|&t| t == i)
+                .filter(|&p| p < readers)
+        };
         for attempt in 1..=WRITE_ATTEMPTS {
+            round.attempt();
             let version = self.clock.next();
             first.get_or_insert(version);
             let live: Vec<usize> = targets
@@ -1168,18 +1187,14 @@ impl Cluster {
             if let Some(newest) = results.iter().find_map(Self::stale) {
                 return Err(Routed::Stale(newest));
             }
-            let mut acked: Option<bool> = None;
-            let mut superseded = false;
             let mut refused = None;
             let mut too_new = None;
             // Replicas whose clock is behind this write's version.
             let mut behind = Vec::new();
             for (&i, r) in live.iter().zip(results) {
                 match r {
-                    Ok(Written::Applied(replaced)) => {
-                        acked = Some(acked.unwrap_or(false) || replaced)
-                    }
-                    Ok(Written::Superseded(newer)) if !self.observe(i, newer) => {
+                    Ok(Written::Applied(a)) => round.applied(i, reader(i), a),
+                    Ok(Written::Superseded { version: newer, .. }) if !self.observe(i, newer) => {
                         // No write of ours can land above it: writing again
                         // is useless, and acknowledging would hide that the
                         // replica keeps its value.
@@ -1189,9 +1204,12 @@ impl Cluster {
                             ahead: ringcache_common::version::ahead_of_wall(newer),
                         });
                     }
-                    Ok(Written::Superseded(newer)) => {
+                    Ok(Written::Superseded {
+                        version: newer,
+                        readable,
+                    }) => {
                         self.clock.observe(newer);
-                        superseded = true;
+                        round.superseded(i, reader(i), readable);
                     }
                     Err(e) if e.is_version_too_new() => {
                         behind.push(i);
@@ -1205,10 +1223,6 @@ impl Cluster {
                     },
                 }
             }
-            // A replica holds something newer: from a concurrent write, or
-            // from one that finished before this one started through a
-            // manager whose clock is ahead. Writing again above it is right
-            // in both cases (the write lands inside its own interval).
             if let Some(err) = too_new {
                 return Err(err.into());
             }
@@ -1217,7 +1231,7 @@ impl Cluster {
             // repaired before being read again, like a replica that missed
             // the write. If none took it, this manager's clock is the one
             // ahead: the write is refused (502).
-            if acked.is_some() {
+            if round.taken() {
                 for &i in &behind {
                     tracing::error!(node = %nodes[i].addr(), version,
                         "the node refused a write version as too far ahead of its clock: its clock is behind");
@@ -1225,16 +1239,16 @@ impl Cluster {
                     skipped.push(i);
                 }
             }
-            if superseded && attempt < WRITE_ATTEMPTS {
-                continue;
-            }
-            result = match (acked, refused) {
-                (Some(replaced), _) => Ok(replaced),
-                // Every replica that answered had something newer: this
-                // write is ordered before it.
-                (None, None) if superseded => Ok(false),
-                (None, Some(err)) => Err(err),
-                (None, None) => Err(ClusterError::Unavailable),
+            // A replica holds something newer: from a concurrent write, or
+            // from one that finished before this one began through a
+            // manager whose clock is ahead. Sent again above it only if no
+            // reader can have seen this write (write_round.rs).
+            result = match (round.next(attempt < WRITE_ATTEMPTS), refused) {
+                (Round::Again, _) => continue,
+                (Round::Taken(replaced), _) => Ok(replaced),
+                (_, Some(err)) => Err(err),
+                (Round::Overtaken, None) => Err(ClusterError::Overtaken(WRITE_ATTEMPTS)),
+                (Round::Nothing, None) => Err(ClusterError::Unavailable),
             };
             break;
         }

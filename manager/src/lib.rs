@@ -4,6 +4,7 @@
 //! - [`ring`]: the consistent hash ring.
 //! - [`client`]: the one interface through which requests reach a node.
 //! - [`cluster`]: node states and routing of reads and writes to replicas.
+//! - [`write_round`]: what a write's replica answers decide (send again, status).
 //! - [`marks`]: the dirty marks placed for a node that missed writes.
 //! - [`listener`]: what receives the nodes' events (the near cache does).
 //! - [`membership`]: per-node `Subscribe` streams, health and rejoin.
@@ -37,6 +38,7 @@ pub mod ring;
 pub mod server;
 pub mod state;
 pub mod ui;
+pub mod write_round;
 
 pub use config::ManagerOptions;
 pub use server::{serve, ServeError};

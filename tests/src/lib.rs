@@ -6,6 +6,8 @@
 //! executables (the manager and datanode packages have integration tests, so
 //! cargo builds their binaries before running any test).
 
+pub mod linearizability;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -563,7 +565,7 @@ impl TestCluster {
 
 /// Two managers sharing an etcd over three data nodes, manager1 reaching
 /// each node only through a relay of its own (the partitions to come),
-/// manager2 reaching every node directly; all up, and node2 holding both
+/// manager2 reaching every node directly; all up, and every node holding both
 /// managers' leases.
 pub struct CutCluster {
     pub etcd: Proc,
@@ -598,20 +600,24 @@ impl CutCluster {
         b.await_members(&three).await;
         a.await_all_up().await;
         b.await_all_up().await;
-        let node2 = NodeConn::connect(&nodes[1]).await;
-        wait_until_for(
-            "node2 to hold both managers' leases",
-            LONG_DEADLINE,
-            || async {
-                let leases = node2.stats().await.leases;
-                let held = leases
-                    .iter()
-                    .filter(|l| l.required && l.remaining_ms > 0)
-                    .count();
-                (held == 2).then_some(())
-            },
-        )
-        .await;
+        // Every node, not only the one the partitions cut: until a node
+        // holds both leases, reads skip it while writes still reach it.
+        for node in &nodes {
+            let conn = NodeConn::connect(node).await;
+            wait_until_for(
+                "every node to hold both managers' leases",
+                LONG_DEADLINE,
+                || async {
+                    let leases = conn.stats().await.leases;
+                    let held = leases
+                        .iter()
+                        .filter(|l| l.required && l.remaining_ms > 0)
+                        .count();
+                    (held == 2).then_some(())
+                },
+            )
+            .await;
+        }
         Self {
             etcd,
             nodes,

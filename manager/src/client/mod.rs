@@ -124,10 +124,22 @@ pub enum Read {
 /// What a node did with a versioned write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// Applied; `true` when it replaced (or deleted) a live value.
-    Applied(bool),
-    /// The node holds or dropped this newer version.
-    Superseded(u64),
+    /// Applied.
+    Applied(Applied),
+    /// The node holds or dropped this newer version; `readable`: it
+    /// answered consistent reads then.
+    Superseded { version: u64, readable: bool },
+}
+
+/// What a replica that applied a write replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// It replaced (or deleted) a live value.
+    pub replaced: bool,
+    /// The version of what it replaced (0: nothing).
+    pub prior: u64,
+    /// The replica answered consistent reads when it applied the write.
+    pub readable: bool,
 }
 
 /// A write to send: a value or a delete.
@@ -397,15 +409,35 @@ impl NodeClient {
             }),
             Change::Delete => pb::op::Op::Delete(pb::DeleteRequest { key, version }),
         };
-        let (replaced, superseded, version) = match self.op(op, placement).await? {
-            pb::op_result::Result::Set(r) => (r.replaced, r.superseded, r.version),
-            pb::op_result::Result::Delete(r) => (r.deleted, r.superseded, r.version),
+        let (applied, superseded, version) = match self.op(op, placement).await? {
+            // `applied.readable` is the node's flag whatever the outcome.
+            pb::op_result::Result::Set(r) => (
+                Applied {
+                    replaced: r.replaced,
+                    prior: r.replaced_version,
+                    readable: r.readable,
+                },
+                r.superseded,
+                r.version,
+            ),
+            pb::op_result::Result::Delete(r) => (
+                Applied {
+                    replaced: r.deleted,
+                    prior: r.replaced_version,
+                    readable: r.readable,
+                },
+                r.superseded,
+                r.version,
+            ),
             _ => return Err(self.unexpected()),
         };
         Ok(if superseded {
-            Written::Superseded(version)
+            Written::Superseded {
+                version,
+                readable: applied.readable,
+            }
         } else {
-            Written::Applied(replaced)
+            Written::Applied(applied)
         })
     }
 

@@ -1,0 +1,279 @@
+//! How the answers of a write's replicas decide what the write did
+//! (docs/design/consistency.md, "Linearizable keys"). IO-free: the router
+//! feeds it each attempt's answers and asks whether to send the write again
+//! and what to answer the client.
+//!
+//! Every manager reads a key from the first of its replicas, in ring order,
+//! that answers reads; so that replica's answer says what readers see:
+//!
+//! - If it applied the write, a reader may have seen it: the write is not
+//!   sent again with a newer version (which could land above a newer write
+//!   acknowledged meanwhile and bring the seen value back). A replica that
+//!   holds something newer orders this write just before it.
+//! - If it holds something newer, that is what readers see: the write is
+//!   sent again above it, whatever the other replicas did. This covers a
+//!   newer write read, or acknowledged, before this one began through a
+//!   manager whose clock is ahead.
+//! - If no replica answers reads (syncing, a registered manager's lease
+//!   missing), nobody saw the write: sent again above a newer version.
+//!
+//! The status (created or updated, deleted or not found) comes from that
+//! same replica, the one readers see, when it took the write: what it
+//! replaced is what readers saw just before. Another replica may hold the
+//! first attempt of a write that was then sent again above ours, a version
+//! no reader saw in that place. A replica's answer to the first attempt it
+//! applied counts (later attempts replace this write's own earlier one).
+//! When no readable replica took the write, the replica that replaced the
+//! newest version decides.
+
+use crate::client::Applied;
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Send the write again with a newer version.
+    Again,
+    /// A replica took the write (in some attempt); `true` when it replaced
+    /// a live value.
+    Taken(bool),
+    /// The replica readers see held something newer on every attempt:
+    /// this write is ordered just before a newer one, and what it replaced
+    /// there is unknown. Answered as a conflict (no status can be given).
+    Overtaken,
+    /// No replica took it or held something newer (they failed).
+    Nothing,
+}
+
+/// The answers of one write's replicas over its attempts.
+#[derive(Debug, Default)]
+pub struct WriteRound {
+    /// Each replica's answer to the first attempt it applied.
+    first: Vec<(usize, Applied)>,
+    /// A replica held something newer than this attempt.
+    superseded: bool,
+    /// This attempt's first readable read replica: (its place in the read
+    /// order, the replica, whether it applied the attempt).
+    front: Option<(usize, usize, bool)>,
+}
+
+impl WriteRound {
+    /// A new attempt begins.
+    pub fn attempt(&mut self) {
+        self.superseded = false;
+        self.front = None;
+    }
+
+    /// Replica `replica` applied the attempt; `reader` is its place in the
+    /// key's read order (`None`: not read from, e.g. a node joining).
+    pub fn applied(&mut self, replica: usize, reader: Option<usize>, a: Applied) {
+        self.answered(replica, reader, a.readable, true);
+        if !self.first.iter().any(|&(r, _)| r == replica) {
+            self.first.push((replica, a));
+        }
+    }
+
+    /// The replica holds something newer than the attempt.
+    pub fn superseded(&mut self, replica: usize, reader: Option<usize>, readable: bool) {
+        self.superseded = true;
+        self.answered(replica, reader, readable, false);
+    }
+
+    fn answered(&mut self, replica: usize, reader: Option<usize>, readable: bool, applied: bool) {
+        let Some(place) = reader.filter(|_| readable) else {
+            return;
+        };
+        if self.front.is_none_or(|(p, ..)| place < p) {
+            self.front = Some((place, replica, applied));
+        }
+    }
+
+    /// Whether some replica took any attempt.
+    pub fn taken(&self) -> bool {
+        !self.first.is_empty()
+    }
+
+    /// After an attempt's answers: send again, or answer.
+    pub fn next(&self, attempts_left: bool) -> Next {
+        let seen = matches!(self.front, Some((.., true)));
+        if self.superseded && !seen {
+            return if attempts_left {
+                Next::Again
+            } else {
+                Next::Overtaken
+            };
+        }
+        match self.replaced() {
+            Some(replaced) => Next::Taken(replaced),
+            None => Next::Nothing,
+        }
+    }
+
+    /// Whether the write replaced a live value: by the replica readers see
+    /// if it took the write, else by the one that replaced the newest
+    /// version (ties: any of them).
+    fn replaced(&self) -> Option<bool> {
+        if let Some((_, front, true)) = self.front {
+            if let Some((_, a)) = self.first.iter().find(|&&(r, _)| r == front) {
+                return Some(a.replaced);
+            }
+        }
+        let newest = self.first.iter().map(|(_, a)| a.prior).max()?;
+        Some(
+            self.first
+                .iter()
+                .any(|(_, a)| a.prior == newest && a.replaced),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(replaced: bool, prior: u64, readable: bool) -> Applied {
+        Applied {
+            replaced,
+            prior,
+            readable,
+        }
+    }
+
+    #[test]
+    fn every_replica_applied_answers_at_once() {
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(true, 5, true));
+        w.applied(1, Some(1), applied(true, 5, true));
+        assert_eq!(w.next(true), Next::Taken(true));
+    }
+
+    #[test]
+    fn the_replica_readers_see_decides_the_status() {
+        // Replica 1 holds the first attempt of a delete that was then
+        // sent again above this write: no reader saw it there.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(true, 5, true));
+        w.applied(1, Some(1), applied(false, 7, true));
+        assert_eq!(w.next(true), Next::Taken(true));
+        // In either order of answers.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(1, Some(1), applied(true, 9, true));
+        w.applied(0, Some(0), applied(false, 3, true));
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
+    fn without_a_readable_replica_the_newest_replaced_version_decides() {
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 7, false));
+        w.applied(1, Some(1), applied(true, 5, false));
+        assert_eq!(w.next(true), Next::Taken(false));
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 3, false));
+        w.applied(1, Some(1), applied(true, 9, false));
+        assert_eq!(w.next(true), Next::Taken(true));
+    }
+
+    #[test]
+    fn a_write_the_read_replica_applied_is_not_sent_again_above_a_newer_one() {
+        // Readers may have seen it on replica 0: sending it again above
+        // the newer write on replica 1 could bring it back after a newer
+        // write was acknowledged.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.superseded(1, Some(1), true);
+        w.applied(0, Some(0), applied(false, 0, true));
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
+    fn a_newer_version_on_the_read_replica_sends_the_write_again_above_it() {
+        // Readers see the newer write on replica 0; this one, applied on
+        // replica 1 only, was seen by nobody.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(1, Some(1), applied(false, 0, true));
+        w.superseded(0, Some(0), true);
+        assert_eq!(w.next(true), Next::Again);
+        // The second attempt replaces the first one on replica 1 (prior =
+        // the first attempt's version) and the newer value on replica 0:
+        // replica 1's first answer and replica 0's decide.
+        w.attempt();
+        w.applied(0, Some(0), applied(true, 12, true));
+        w.applied(1, Some(1), applied(true, 10, true));
+        assert_eq!(w.next(true), Next::Taken(true));
+        assert_eq!(w.first[0], (1, applied(false, 0, true)));
+    }
+
+    #[test]
+    fn an_unreadable_read_replica_does_not_count_as_seen() {
+        // Replica 0 is syncing (or lacks a lease): readers go to replica 1,
+        // which holds something newer.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 0, false));
+        w.superseded(1, Some(1), true);
+        assert_eq!(w.next(true), Next::Again);
+        // Nobody reads either: sent again as well.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 0, false));
+        w.superseded(1, Some(1), false);
+        assert_eq!(w.next(true), Next::Again);
+    }
+
+    #[test]
+    fn a_replica_outside_the_read_order_does_not_count_as_seen() {
+        // A node joining takes writes but is not read from.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(2, None, applied(false, 0, true));
+        w.superseded(0, Some(0), true);
+        assert_eq!(w.next(true), Next::Again);
+    }
+
+    #[test]
+    fn superseded_everywhere_goes_again_until_no_attempt_is_left() {
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.superseded(0, Some(0), true);
+        assert_eq!(w.next(true), Next::Again);
+        w.attempt();
+        w.superseded(0, Some(0), true);
+        assert_eq!(w.next(false), Next::Overtaken);
+        assert!(!w.taken());
+        // Also when another replica took it: no reader saw it, and what it
+        // replaced where readers look is unknown.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(1, Some(1), applied(true, 3, true));
+        w.superseded(0, Some(0), true);
+        assert_eq!(w.next(false), Next::Overtaken);
+    }
+
+    #[test]
+    fn the_front_is_decided_per_attempt() {
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 0, false));
+        w.superseded(1, Some(1), true);
+        assert_eq!(w.next(true), Next::Again);
+        w.attempt();
+        // The read replica answers reads again and took this attempt; a
+        // newer write still beats it on replica 1.
+        w.applied(0, Some(0), applied(true, 4, true));
+        w.superseded(1, Some(1), true);
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
+    fn no_answer_is_nothing() {
+        let mut w = WriteRound::default();
+        w.attempt();
+        assert_eq!(w.next(true), Next::Nothing);
+    }
+}
