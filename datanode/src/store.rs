@@ -214,6 +214,20 @@ impl HashRanges {
         let i = self.spans.partition_point(|&(s, _)| s <= h);
         i > 0 && h <= self.spans[i - 1].1
     }
+
+    /// Every hash in either.
+    fn union(&self, other: &HashRanges) -> HashRanges {
+        let mut spans: Vec<(u64, u64)> = self.spans.iter().chain(&other.spans).copied().collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+        for (s, e) in spans {
+            match merged.last_mut() {
+                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        HashRanges { spans: merged }
+    }
 }
 
 /// The hash a key is placed by on the ring, and selected by in scans.
@@ -262,6 +276,44 @@ struct Shard {
     item_limit: u64,
     /// Largest version dropped without a trace.
     floor: u64,
+    /// Ranges dropped by prunes (or copied from a peer), each with the
+    /// largest version dropped there (or the peer's floor): a live write of
+    /// a key absent there must not be older (a delayed older write must not
+    /// bring back a value the prune dropped), while a copy from a peer may
+    /// refill them below it. At most [`PRUNED_FLOORS`], the oldest merged.
+    pruned: Vec<(HashRanges, u64)>,
+}
+
+/// Range floors kept per shard before the oldest two are merged (which
+/// only widens what they refuse).
+const PRUNED_FLOORS: usize = 16;
+
+impl Shard {
+    fn add_pruned(&mut self, ranges: &HashRanges, floor: u64) {
+        if self.pruned.len() == PRUNED_FLOORS {
+            let (r1, f1) = self.pruned.remove(0);
+            let (r0, f0) = &mut self.pruned[0];
+            *r0 = r0.union(&r1);
+            *f0 = (*f0).max(f1);
+        }
+        self.pruned.push((ranges.clone(), floor));
+    }
+
+    /// A live write at `version` of absent key `key` is older than what a
+    /// prune dropped there. Equal is allowed: only the dropped entry itself
+    /// has the floor's version (versions are unique per write), so taking
+    /// it back (a read repair) is safe.
+    fn below_pruned(&self, key: &str, version: u64) -> Option<u64> {
+        if self.pruned.is_empty() {
+            return None;
+        }
+        let h = key_hash_bytes(key.as_bytes());
+        self.pruned
+            .iter()
+            .filter(|(r, f)| version < *f && r.contains(h))
+            .map(|&(_, f)| f)
+            .max()
+    }
 }
 
 /// Latest expiry an entry can record (store ms).
@@ -341,6 +393,7 @@ impl Store {
                     byte_limit,
                     item_limit,
                     floor: 0,
+                    pruned: Vec::new(),
                 })
             })
             .collect();
@@ -478,6 +531,17 @@ impl Store {
     /// Applies a versioned write (see the module doc). Least recently used
     /// entries of the key's shard are evicted to make room.
     pub fn apply(&self, w: Write<'_>) -> Result<Outcome, StoreError> {
+        self.apply_from(w, false)
+    }
+
+    /// Applies an entry copied from a peer's scan (repair, warm-up,
+    /// hand-off): as [`Store::apply`], except that it may refill a pruned
+    /// range below the prune's floor.
+    pub fn apply_copy(&self, w: Write<'_>) -> Result<Outcome, StoreError> {
+        self.apply_from(w, true)
+    }
+
+    fn apply_from(&self, w: Write<'_>, copy: bool) -> Result<Outcome, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
         let Write {
             key,
@@ -534,10 +598,15 @@ impl Store {
             }
             None => false,
         };
-        if !matches!(held, Some((false, ..))) && version <= shard.floor {
-            return Ok(Outcome::Superseded {
-                version: shard.floor,
-            });
+        if !matches!(held, Some((false, ..))) {
+            if version <= shard.floor {
+                return Ok(Outcome::Superseded {
+                    version: shard.floor,
+                });
+            }
+            if let Some(floor) = shard.below_pruned(key, version).filter(|_| !copy) {
+                return Ok(Outcome::Superseded { version: floor });
+            }
         }
         if size > shard.byte_limit {
             // The write is newer than what this shard holds for the key, but
@@ -667,7 +736,9 @@ impl Store {
     }
 
     /// Drops every entry (tombstones too) whose key hash is in `ranges`,
-    /// without raising floors: a pull refills them. Raises `lost_after`.
+    /// without raising the shard floors (a pull refills them): the ranges
+    /// keep a floor of their own that only live writes must beat. Raises
+    /// `lost_after`.
     pub fn prune(&self, ranges: &HashRanges) -> u64 {
         self.inner
             .lost_base
@@ -684,17 +755,47 @@ impl Store {
             }) {
                 from = next;
             }
+            let mut dropped = 0;
             for slot in slots {
                 if let Some(item) = shard.lru.remove_slot(slot) {
                     shard.forget(&item);
+                    dropped = dropped.max(item.version());
                     if !item.is_tombstone() {
                         removed += 1;
                         self.publish(&shard, key_str(&item), Cause::Evicted);
                     }
                 }
             }
+            if dropped > 0 {
+                shard.add_pruned(ranges, dropped);
+            }
         }
         removed
+    }
+
+    /// The largest version any shard dropped without a trace.
+    pub fn floor(&self) -> u64 {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).floor)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Live writes of keys absent in `ranges` must be newer than `floor`
+    /// from now on (a copy from a peer carries the peer's floor).
+    pub fn raise_pruned_floor(&self, ranges: &HashRanges, floor: u64) {
+        if floor == 0 {
+            return;
+        }
+        for s in self.inner.shards.iter() {
+            let mut shard = lock(s);
+            // A copy sends its floor with every batch: once is enough.
+            if !shard.pruned.iter().any(|(r, f)| *f >= floor && r == ranges) {
+                shard.add_pruned(ranges, floor);
+            }
+        }
     }
 
     /// Versions at or above this may have been lost by this store: dropped
@@ -1332,6 +1433,78 @@ mod tests {
             .filter(|k| s.get(k).is_some())
             .all(|k| key_hash(&k) > u64::MAX / 2));
         assert!(s.lost_after() >= before);
+    }
+
+    #[tokio::test]
+    async fn a_delayed_older_write_does_not_refill_a_pruned_range_but_a_copy_does() {
+        let s = store(1 << 20, None, 4);
+        let w = |key, version, value: &'static [u8]| Write {
+            key,
+            value: Some(value),
+            ttl: None,
+            version,
+        };
+        assert!(matches!(
+            s.apply(w("k", 50, b"new")),
+            Ok(Outcome::Applied { .. })
+        ));
+        assert!(matches!(
+            s.apply(w("other", 10, b"x")),
+            Ok(Outcome::Applied { .. })
+        ));
+        s.prune(&HashRanges::all());
+        // An older write of k, delayed in the network, arrives after the
+        // prune: served, it would be an older value than the one dropped.
+        assert_eq!(
+            s.apply(w("k", 40, b"old")),
+            Ok(Outcome::Superseded { version: 50 })
+        );
+        assert!(s.get("k").is_none());
+        // The copy that refills the range brings what the peer holds, even
+        // below the prune's floor.
+        assert!(matches!(
+            s.apply_copy(w("other", 10, b"x")),
+            Ok(Outcome::Applied { .. })
+        ));
+        assert!(matches!(
+            s.apply_copy(w("k", 50, b"new")),
+            Ok(Outcome::Applied { .. })
+        ));
+        // Newer live writes are taken as always.
+        assert!(matches!(
+            s.apply(w("k2", 60, b"v")),
+            Ok(Outcome::Applied { .. })
+        ));
+        assert_eq!(
+            s.get("k").map(|e| e.value),
+            Some(Bytes::from_static(b"new"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_carries_the_source_floor_to_live_writes_only() {
+        let s = store(1 << 20, None, 4);
+        let w = |key, version, value: &'static [u8]| Write {
+            key,
+            value: Some(value),
+            ttl: None,
+            version,
+        };
+        // The source evicted "gone" at version 70: it says so with its
+        // floor, and this node never held the key.
+        s.raise_pruned_floor(&HashRanges::all(), 70);
+        assert_eq!(
+            s.apply(w("gone", 65, b"old")),
+            Ok(Outcome::Superseded { version: 70 })
+        );
+        assert!(matches!(
+            s.apply_copy(w("kept", 20, b"v")),
+            Ok(Outcome::Applied { .. })
+        ));
+        assert!(matches!(
+            s.apply(w("gone", 71, b"new")),
+            Ok(Outcome::Applied { .. })
+        ));
     }
 
     #[tokio::test]

@@ -229,6 +229,7 @@ pub fn scan_batches(
                 scanned,
                 to_scan: to_scan.max(scanned),
                 lost_after: store.lost_after(),
+                floor: store.floor(),
             };
             Some((Ok(batch), (next, scanned, sent + bytes)))
         }
@@ -296,6 +297,9 @@ pub async fn pull(
                 totals.full = true;
                 continue 'attempt;
             }
+            // What the source dropped without a trace, this node must not
+            // take back from a delayed live write either.
+            node.store().raise_pruned_floor(&ranges, batch.floor);
             for e in batch.entries {
                 let size = (e.key.len() + e.value.len()) as u64;
                 let w = Write {
@@ -307,7 +311,7 @@ pub async fn pull(
                 };
                 // A refusal here (too large for this node) leaves the key
                 // absent, which is safe: the other replica serves it.
-                if let Ok(crate::store::Outcome::Applied { .. }) = node.store().apply(w) {
+                if let Ok(crate::store::Outcome::Applied { .. }) = node.store().apply_copy(w) {
                     totals.keys_copied += 1;
                     totals.bytes_copied += size;
                     state.keys_copied.fetch_add(1, Ordering::Relaxed);

@@ -17,9 +17,9 @@
 //! - If no replica answers reads (syncing, a registered manager's lease
 //!   missing), nobody saw the write: sent again above a newer version.
 //!
-//! The status (created or updated, deleted or not found) comes from that
-//! same replica, the one readers see, when it took the write: what it
-//! replaced is what readers saw just before. Another replica may hold the
+//! The status (created or updated, deleted or not found) is what a read
+//! just before the write would have said: from the first readable replica
+//! in read order that held the key (a miss falls over, as reads do). Another replica may hold the
 //! first attempt of a write that was then sent again above ours, a version
 //! no reader saw in that place. A replica's answer to the first attempt it
 //! applied counts (later attempts replace this write's own earlier one).
@@ -47,8 +47,9 @@ pub enum Next {
 /// The answers of one write's replicas over its attempts.
 #[derive(Debug, Default)]
 pub struct WriteRound {
-    /// Each replica's answer to the first attempt it applied.
-    first: Vec<(usize, Applied)>,
+    /// Each replica's answer to the first attempt it applied, with its
+    /// place in the read order.
+    first: Vec<(usize, Option<usize>, Applied)>,
     /// A replica held something newer than this attempt.
     superseded: bool,
     /// This attempt's first readable read replica: (its place in the read
@@ -67,8 +68,8 @@ impl WriteRound {
     /// key's read order (`None`: not read from, e.g. a node joining).
     pub fn applied(&mut self, replica: usize, reader: Option<usize>, a: Applied) {
         self.answered(replica, reader, a.readable, true);
-        if !self.first.iter().any(|&(r, _)| r == replica) {
-            self.first.push((replica, a));
+        if !self.first.iter().any(|&(r, ..)| r == replica) {
+            self.first.push((replica, reader, a));
         }
     }
 
@@ -108,20 +109,35 @@ impl WriteRound {
         }
     }
 
-    /// Whether the write replaced a live value: by the replica readers see
-    /// if it took the write, else by the one that replaced the newest
-    /// version (ties: any of them).
+    /// Whether the write replaced a live value, as a read just before it
+    /// would have said: the readable read replicas in read order, where a
+    /// value or a tombstone is final and a replica that held nothing (it
+    /// evicted the key, or dropped it) falls over to the next. Without a
+    /// readable replica, the one that replaced the newest version decides.
     fn replaced(&self) -> Option<bool> {
-        if let Some((_, front, true)) = self.front {
-            if let Some((_, a)) = self.first.iter().find(|&&(r, _)| r == front) {
-                return Some(a.replaced);
-            }
+        if self.first.is_empty() {
+            return None;
         }
-        let newest = self.first.iter().map(|(_, a)| a.prior).max()?;
+        let mut readers: Vec<(usize, &Applied)> = self
+            .first
+            .iter()
+            .filter(|(.., a)| a.readable)
+            .filter_map(|(_, place, a)| place.map(|p| (p, a)))
+            .collect();
+        if !readers.is_empty() {
+            readers.sort_by_key(|&(p, _)| p);
+            return Some(
+                readers
+                    .iter()
+                    .find(|(_, a)| a.prior > 0)
+                    .is_some_and(|(_, a)| a.replaced),
+            );
+        }
+        let newest = self.first.iter().map(|(.., a)| a.prior).max()?;
         Some(
             self.first
                 .iter()
-                .any(|(_, a)| a.prior == newest && a.replaced),
+                .any(|(.., a)| a.prior == newest && a.replaced),
         )
     }
 }
@@ -161,6 +177,23 @@ mod tests {
         w.attempt();
         w.applied(1, Some(1), applied(true, 9, true));
         w.applied(0, Some(0), applied(false, 3, true));
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
+    fn a_read_replica_that_held_nothing_falls_over_as_a_read_would() {
+        // Replica 0 evicted (or dropped) the key: a read would have
+        // returned replica 1's value.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 0, true));
+        w.applied(1, Some(1), applied(true, 5, true));
+        assert_eq!(w.next(true), Next::Taken(true));
+        // Nobody held it: created.
+        let mut w = WriteRound::default();
+        w.attempt();
+        w.applied(0, Some(0), applied(false, 0, true));
+        w.applied(1, Some(1), applied(false, 0, true));
         assert_eq!(w.next(true), Next::Taken(false));
     }
 
@@ -206,7 +239,7 @@ mod tests {
         w.applied(0, Some(0), applied(true, 12, true));
         w.applied(1, Some(1), applied(true, 10, true));
         assert_eq!(w.next(true), Next::Taken(true));
-        assert_eq!(w.first[0], (1, applied(false, 0, true)));
+        assert_eq!(w.first[0], (1, Some(1), applied(false, 0, true)));
     }
 
     #[test]
