@@ -14,4 +14,5 @@ pub mod hash;
 pub mod health;
 pub mod limits;
 pub mod process;
+pub mod tls;
 pub mod version;

@@ -2,6 +2,8 @@
 //! `DATANODE_*` environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -95,6 +97,30 @@ pub struct NodeOptions {
     /// warms up from it, e.g. 64MiB (per second, per copy).
     #[arg(long, env = "DATANODE_SYNC_RATE", default_value = "64MiB", value_parser = parse_rate)]
     pub sync_rate: u64,
+
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key), and
+    /// present it to peers this node copies from.
+    #[arg(long, env = "DATANODE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DATANODE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require a client certificate chaining to this PEM CA bundle
+    /// (managers, peers, grpcurl -cert).
+    #[arg(long, env = "DATANODE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM CA bundle that peers' certificates chain to, when this node
+    /// copies from them (repair, warm-up, hand-off). Default: --tls-client-ca.
+    #[arg(long, env = "DATANODE_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (rotation without a
+    /// restart: new connections use the new files).
+    #[arg(long, env = "DATANODE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
+    pub tls_reload_interval: Duration,
 }
 
 /// The defaults are the flags' own (`#[arg(default_value ...)]` above), the
@@ -121,6 +147,49 @@ impl NodeOptions {
         let fit = (self.max_memory / self.largest_entry().max(1)).max(1);
         self.shards
             .clamp(1, usize::try_from(fit).unwrap_or(usize::MAX))
+    }
+
+    /// The server side of TLS, if --tls-cert is given.
+    pub fn server_tls(
+        &self,
+    ) -> Result<Option<Arc<ringcache_common::tls::ServerTls>>, ringcache_common::tls::TlsError>
+    {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        ringcache_common::tls::ServerTls::load(
+            ringcache_common::tls::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            },
+            ringcache_common::tls::ALPN_H2,
+        )
+        .map(Some)
+    }
+
+    /// The client side towards peers, if TLS is on: their CA, and this
+    /// node's own certificate as its identity.
+    pub fn peer_tls(
+        &self,
+    ) -> Result<Option<Arc<ringcache_common::tls::ClientTls>>, ringcache_common::tls::TlsError>
+    {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let Some(ca) = self.tls_ca.as_ref().or(self.tls_client_ca.as_ref()) else {
+            // Serving TLS without a CA for peers: copies from peers cannot
+            // verify them, so they fail (and say why) rather than go plain.
+            return Ok(None);
+        };
+        ringcache_common::tls::ClientTls::load(
+            ringcache_common::tls::ClientFiles {
+                ca: ca.clone(),
+                identity: Some((cert.clone(), key.clone())),
+            },
+            ringcache_common::tls::ALPN_H2,
+        )
+        .map(Some)
     }
 
     pub fn store_config(&self) -> StoreConfig {

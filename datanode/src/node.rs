@@ -66,10 +66,17 @@ pub struct Node {
     subscribers: crate::primitives::Mutex<std::collections::BTreeMap<String, usize>>,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
+    /// TLS towards peers this node copies from (`Pull`), when on.
+    peer_tls: Option<Arc<ringcache_common::tls::ClientTls>>,
 }
 
 impl Node {
-    pub fn new(opts: &NodeOptions, id: String, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        opts: &NodeOptions,
+        id: String,
+        shutdown: CancellationToken,
+        peer_tls: Option<Arc<ringcache_common::tls::ClientTls>>,
+    ) -> Arc<Self> {
         let events = EventBus::new(opts.event_buffer);
         Arc::new(Self {
             store: Store::new(&opts.store_config(), events),
@@ -86,7 +93,12 @@ impl Node {
             leases: Leases::default(),
             subscribers: crate::primitives::Mutex::new(std::collections::BTreeMap::new()),
             shutdown,
+            peer_tls,
         })
+    }
+
+    pub fn peer_tls(&self) -> Option<&Arc<ringcache_common::tls::ClientTls>> {
+        self.peer_tls.as_ref()
     }
 
     pub fn store(&self) -> &Store {

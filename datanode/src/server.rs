@@ -42,6 +42,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] ringcache_common::tls::TlsError),
 }
 
 /// Serves a data node on `listener` until `shutdown` completes, then stops
@@ -61,13 +63,30 @@ pub async fn serve(
     }
     let id = opts.id.clone().unwrap_or_else(|| default_id(addr));
     let token = CancellationToken::new();
-    let node = Node::new(&opts, id, token.clone());
+    let server_tls = opts.server_tls()?;
+    let peer_tls = opts.peer_tls()?;
+    if server_tls.is_some() && peer_tls.is_none() {
+        tracing::warn!("--tls-cert without --tls-ca or --tls-client-ca: copies from TLS peers (repair, warm-up, hand-off) cannot verify them and will fail");
+    }
+    let reload: Vec<Arc<dyn ringcache_common::tls::Reload>> = server_tls
+        .iter()
+        .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>)
+        .chain(
+            peer_tls
+                .iter()
+                .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>),
+        )
+        .collect();
+    ringcache_common::tls::spawn_reloader(reload, opts.tls_reload_interval, token.clone());
+    let node = Node::new(&opts, id, token.clone(), peer_tls);
     tracing::info!(
         node = %node.id(),
         instance = %node.instance_id(),
         %addr,
         max_memory = opts.max_memory,
         auth = opts.auth_token.is_some(),
+        tls = server_tls.is_some(),
+        client_certificates = opts.tls_client_ca.is_some(),
         "data node serving gRPC"
     );
     spawn_background(&node, &opts);
@@ -92,7 +111,6 @@ pub async fn serve(
         stop: token.clone(),
     });
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = {
         let token = token.clone();
         async move {
@@ -102,7 +120,7 @@ pub async fn serve(
         }
     };
     let max_value = opts.max_value_bytes;
-    let server = Server::builder()
+    let router = Server::builder()
         // A message over the decode limit is refused by tonic before our
         // code sees it; give it the status and message of an oversized value.
         .layer(tower::util::MapResponseLayer::new(
@@ -128,8 +146,17 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal);
+        .add_service(reflection_v1alpha);
+    let server = match server_tls {
+        Some(tls) => futures::future::Either::Left(router.serve_with_incoming_shutdown(
+            ringcache_common::tls::accept(listener, tls, token.clone()),
+            signal,
+        )),
+        None => futures::future::Either::Right(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        )),
+    };
     // Graceful shutdown waits for every connection to close; a client that
     // keeps a stream open (a health Watch, say) gets `shutdown_grace`.
     let grace = opts.shutdown_grace;

@@ -260,15 +260,19 @@ pub async fn pull(
     progress: mpsc::Sender<Result<pb::PullProgress, Status>>,
 ) -> Result<(), PullError> {
     let ranges = ranges(&ranges_pb);
-    let endpoint = Endpoint::from_shared(source.clone())
+    let endpoint = Endpoint::from_shared(ringcache_common::tls::plain_scheme(&source))
         .map_err(|_| PullError::Address(source.clone()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     let token = ringcache_common::auth::AddToken::new(node.auth_token())
         .map_err(|_| PullError::Address(source.clone()))?;
-    let mut client =
-        pb::data_node_client::DataNodeClient::with_interceptor(endpoint.connect_lazy(), token)
-            .max_decoding_message_size(MAX_PULL_MESSAGE);
+    let channel = match node.peer_tls() {
+        Some(tls) => endpoint
+            .connect_with_connector_lazy(ringcache_common::tls::GrpcConnector::new(tls.clone())),
+        None => endpoint.connect_lazy(),
+    };
+    let mut client = pb::data_node_client::DataNodeClient::with_interceptor(channel, token)
+        .max_decoding_message_size(MAX_PULL_MESSAGE);
     let failed = |status| PullError::Source {
         source_addr: source.clone(),
         status,

@@ -14,6 +14,8 @@
 //!   not let it close. On HTTP/1, waiting for the next request counts as
 //!   reading its head too (hyper starts that timer when it starts waiting),
 //!   so idle HTTP/1 connections close after the shorter of the two.
+//! - With `--tls-cert`, each connection is a TLS one (HTTP/2 or HTTP/1.1
+//!   by ALPN), its handshake bounded by the header-read timeout.
 //! - At shutdown every connection is shut down gracefully (in-flight requests
 //!   finish, HTTP/2 gets GOAWAY); `stop_now` drops whatever is left.
 
@@ -27,7 +29,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use ringcache_common::tls::ServerTls;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +55,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    tls: Option<Arc<ServerTls>>,
     stopping: CancellationToken,
     stop_now: CancellationToken,
 ) {
@@ -89,18 +93,34 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let conn = serve_connection(
-            builder.clone(),
-            stream,
-            app.clone(),
-            limits.idle_timeout,
-            stopping.clone(),
-            stop_now.clone(),
-        );
-        tokio::spawn(async move {
-            conn.await;
-            drop(permit);
-        });
+        let (builder, app) = (builder.clone(), app.clone());
+        let (stopping, stop_now) = (stopping.clone(), stop_now.clone());
+        let idle = limits.idle_timeout;
+        match &tls {
+            None => {
+                let conn = serve_connection(builder, stream, app, idle, stopping, stop_now);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                // The handshake counts as reading the request head: a
+                // client that connects and sends nothing is dropped then.
+                let acceptor = tls.acceptor();
+                let handshake = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(builder, stream, app, idle, stopping, stop_now).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     // Every connection holds a slot until it closes: all slots back means
@@ -153,14 +173,17 @@ impl Drop for InFlight {
     }
 }
 
-fn serve_connection(
+fn serve_connection<S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
+    stream: S,
     app: Router,
     idle: Duration,
     stopping: CancellationToken,
     stop_now: CancellationToken,
-) -> impl Future<Output = ()> + Send {
+) -> impl Future<Output = ()> + Send
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         start: Instant::now(),
         in_flight: AtomicUsize::new(0),

@@ -2,6 +2,7 @@
 //! `MANAGER_*` environment variable.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -105,6 +106,44 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_NEAR_CACHE", value_parser = parse_size)]
     pub near_cache: Option<u64>,
 
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN)
+    /// instead of plain HTTP (with --tls-key).
+    #[arg(long, env = "MANAGER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MANAGER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Require HTTPS clients to present a certificate chaining to this PEM
+    /// CA bundle.
+    #[arg(long, env = "MANAGER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// PEM CA bundle the data nodes' certificates chain to: talk to every
+    /// node over TLS, verifying its certificate for the host in its address.
+    #[arg(long, env = "MANAGER_NODE_TLS_CA")]
+    pub node_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM certificate chain this manager presents to the data nodes (for
+    /// nodes started with --tls-client-ca).
+    #[arg(
+        long,
+        env = "MANAGER_NODE_TLS_CERT",
+        requires = "node_tls_key",
+        requires = "node_tls_ca"
+    )]
+    pub node_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --node-tls-cert.
+    #[arg(long, env = "MANAGER_NODE_TLS_KEY", requires = "node_tls_cert")]
+    pub node_tls_key: Option<std::path::PathBuf>,
+
+    /// How often the TLS files are checked for changes (rotation without a
+    /// restart: new connections use the new files).
+    #[arg(long, env = "MANAGER_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub tls_reload_interval: Duration,
+
     /// Shared secret: HTTP requests need `Authorization: Bearer <token>`
     /// (`/healthz` stays open), and the manager sends it to the data nodes.
     #[arg(long, env = "MANAGER_AUTH_TOKEN", hide_env_values = true)]
@@ -175,6 +214,49 @@ impl ManagerOptions {
     /// Replica count for `nodes` data nodes.
     pub fn replicas_for(&self, nodes: usize) -> usize {
         self.replicas.unwrap_or(2).clamp(1, nodes.max(1))
+    }
+}
+
+impl ManagerOptions {
+    /// HTTPS, if --tls-cert is given.
+    pub fn server_tls(
+        &self,
+    ) -> Result<Option<Arc<ringcache_common::tls::ServerTls>>, ringcache_common::tls::TlsError>
+    {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        ringcache_common::tls::ServerTls::load(
+            ringcache_common::tls::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            },
+            ringcache_common::tls::ALPN_HTTP,
+        )
+        .map(Some)
+    }
+
+    /// TLS to the data nodes, if --node-tls-ca is given.
+    pub fn node_tls(
+        &self,
+    ) -> Result<Option<Arc<ringcache_common::tls::ClientTls>>, ringcache_common::tls::TlsError>
+    {
+        let Some(ca) = &self.node_tls_ca else {
+            return Ok(None);
+        };
+        let identity = match (&self.node_tls_cert, &self.node_tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        };
+        ringcache_common::tls::ClientTls::load(
+            ringcache_common::tls::ClientFiles {
+                ca: ca.clone(),
+                identity,
+            },
+            ringcache_common::tls::ALPN_H2,
+        )
+        .map(Some)
     }
 }
 

@@ -41,6 +41,8 @@ pub enum ServeError {
     Etcd(#[from] crate::placement::etcd::EtcdError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] ringcache_common::tls::TlsError),
 }
 
 /// Serves the manager's HTTP API on `listener` until `shutdown` completes,
@@ -89,7 +91,20 @@ async fn run(
     }
     let mut seen = HashSet::new();
     let mut nodes = Vec::with_capacity(addrs.len());
-    let connect = Connect::from_options(opts);
+    let mut connect = Connect::from_options(opts);
+    connect.tls = opts.node_tls()?;
+    let server_tls = opts.server_tls()?;
+    let reload: Vec<Arc<dyn ringcache_common::tls::Reload>> = server_tls
+        .iter()
+        .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>)
+        .chain(
+            connect
+                .tls
+                .iter()
+                .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>),
+        )
+        .collect();
+    ringcache_common::tls::spawn_reloader(reload, opts.tls_reload_interval, token.clone());
     for (id, a) in &addrs {
         if !seen.insert(a.as_str()) {
             return Err(ServeError::DuplicateNode(a.clone()));
@@ -184,7 +199,9 @@ async fn run(
         store,
     });
     let addr = listener.local_addr().map_err(ServeError::Http)?;
-    tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(), "manager serving HTTP");
+    tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(),
+        https = server_tls.is_some(), node_tls = cluster.connect().tls.is_some(),
+        "manager serving HTTP");
     let stop = token.clone();
     let stopping = CancellationToken::new();
     let stop_now = CancellationToken::new();
@@ -203,7 +220,14 @@ async fn run(
         header_read_timeout: opts.header_read_timeout,
         idle_timeout: opts.idle_timeout,
     };
-    let server = accept::serve(listener, app, limits, stopping.clone(), stop_now.clone());
+    let server = accept::serve(
+        listener,
+        app,
+        limits,
+        server_tls,
+        stopping.clone(),
+        stop_now.clone(),
+    );
     // In-flight requests get `shutdown_grace` to finish; then we stop anyway
     // (a client holding a connection open must not keep us alive).
     let grace = opts.shutdown_grace;

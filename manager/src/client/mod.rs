@@ -162,6 +162,8 @@ pub struct Connect {
     /// their deadline, so a stalled node cannot make the manager buffer
     /// without bound.
     pub queue_bytes: u64,
+    /// TLS to the nodes (`--node-tls-ca`...), loaded by the server at start.
+    pub tls: Option<Arc<ringcache_common::tls::ClientTls>>,
 }
 
 impl Connect {
@@ -170,6 +172,7 @@ impl Connect {
             timeout: opts.node_timeout,
             auth_token: opts.auth_token.clone(),
             queue_bytes: opts.node_queue_bytes,
+            tls: None,
         }
     }
 }
@@ -200,6 +203,7 @@ pub struct NodeClient {
     /// held across an await) by every call.
     conn: Arc<RwLock<Arc<Conn>>>,
     timeout: Duration,
+    tls: Option<Arc<ringcache_common::tls::ClientTls>>,
 }
 
 impl NodeClient {
@@ -209,7 +213,12 @@ impl NodeClient {
         let timeout = connect.timeout;
         let token =
             AddToken::new(connect.auth_token.as_deref()).map_err(|_| CallError::BadToken)?;
-        let endpoint = Endpoint::from_shared(addr.to_string())
+        // With TLS the connector handshakes itself, whatever the scheme.
+        let uri = match connect.tls {
+            Some(_) => ringcache_common::tls::plain_scheme(addr),
+            None => addr.to_string(),
+        };
+        let endpoint = Endpoint::from_shared(uri)
             .map_err(|source| CallError::Address {
                 addr: addr.to_string(),
                 source,
@@ -224,8 +233,10 @@ impl NodeClient {
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         let budget = batch::Budget::new(connect.queue_bytes);
-        let conn = Self::open(&endpoint, &token, addr, timeout, &budget);
+        let tls = connect.tls.clone();
+        let conn = Self::open(&endpoint, &tls, &token, addr, timeout, &budget);
         Ok(Self {
+            tls,
             addr: addr.to_string(),
             endpoint,
             token,
@@ -237,13 +248,20 @@ impl NodeClient {
 
     fn open(
         endpoint: &Endpoint,
+        tls: &Option<Arc<ringcache_common::tls::ClientTls>>,
         token: &AddToken,
         addr: &str,
         timeout: Duration,
         budget: &batch::Budget,
     ) -> Conn {
         // A batch of reads may carry many large values.
-        let inner = DataNodeClient::with_interceptor(endpoint.connect_lazy(), token.clone())
+        let channel = match tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(
+                ringcache_common::tls::GrpcConnector::new(tls.clone()),
+            ),
+            None => endpoint.connect_lazy(),
+        };
+        let inner = DataNodeClient::with_interceptor(channel, token.clone())
             .max_decoding_message_size(MAX_MESSAGE);
         Conn {
             batcher: batch::Batcher::start(
@@ -267,6 +285,7 @@ impl NodeClient {
     pub fn reconnect(&self) {
         let conn = Self::open(
             &self.endpoint,
+            &self.tls,
             &self.token,
             &self.addr,
             self.timeout,

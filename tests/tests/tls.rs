@@ -1,0 +1,358 @@
+//! TLS on every link (docs/design/tls.md), with real binaries: data nodes
+//! serving gRPC over TLS that require client certificates, a manager that
+//! reaches them over mTLS and serves HTTPS, copies between nodes over TLS,
+//! and certificates rotated without a restart. The CA and certificates are
+//! generated at test time (rcgen); no key is committed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringcache_common::tls::{ClientFiles, ClientTls, GrpcConnector, ALPN_H2};
+use ringcache_proto::pb;
+use ringcache_tests::{wait_until, Proc};
+
+/// A CA and certificates it signed, as PEM files in a temporary directory.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcache-tls-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ringcache test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = params.self_signed(&ca_key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 named `cn`, written to
+    /// `<file>.pem` and `<file>.key`; returns their paths.
+    fn issue(&self, file: &str, cn: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("certificate");
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        // Written next to the target and renamed, as a Secret update is:
+        // a reader never sees half a file.
+        for (path, text) in [(&c, cert.pem()), (&k, key.serialize_pem())] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, path).expect("rename");
+        }
+        (c, k)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `curl` over HTTPS trusting `ca`: (status, body).
+fn curl(ca: &Path, method: &str, url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["-X", method, "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs (Debian's curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Three TLS data nodes requiring client certificates from `pki`.
+fn tls_nodes(pki: &Pki, extra: &[&str]) -> Vec<Proc> {
+    let (cert, key) = pki.issue("node", "data node");
+    let (cert, key, ca) = (s(&cert), s(&key), s(&pki.ca()));
+    (1..=3)
+        .map(|i| {
+            let mut args = vec![
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-client-ca",
+                &ca,
+            ];
+            args.extend_from_slice(extra);
+            Proc::datanode(&format!("node{i}"), &args)
+        })
+        .collect()
+}
+
+/// A gRPC client of `node` over TLS with a certificate from `pki`.
+fn grpc(pki: &Pki, node: &Proc) -> pb::data_node_client::DataNodeClient<tonic::transport::Channel> {
+    let (cert, key) = pki.issue("grpc-client", "test client");
+    let tls = ClientTls::load(
+        ClientFiles {
+            ca: pki.ca(),
+            identity: Some((cert, key)),
+        },
+        ALPN_H2,
+    )
+    .expect("client TLS");
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_uri())
+        .expect("uri")
+        .connect_with_connector_lazy(GrpcConnector::new(tls));
+    pb::data_node_client::DataNodeClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_reaches_tls_nodes_over_mtls_and_serves_https() {
+    let pki = Pki::new("mtls");
+    let nodes = tls_nodes(&pki, &[]);
+    let (mcert, mkey) = pki.issue("manager-client", "manager");
+    let (hcert, hkey) = pki.issue("manager-https", "manager https");
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let args = [
+        "--node-tls-ca",
+        &s(&pki.ca()),
+        "--node-tls-cert",
+        &s(&mcert),
+        "--node-tls-key",
+        &s(&mkey),
+        "--tls-cert",
+        &s(&hcert),
+        "--tls-key",
+        &s(&hkey),
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let manager = Proc::manager("manager", &refs, &args);
+    let base = format!("https://localhost:{}", manager.addr.port());
+    let ca = pki.ca();
+    wait_until("a write over HTTPS through TLS nodes", || {
+        let (ca, base) = (ca.clone(), base.clone());
+        async move {
+            let (code, _) = curl(&ca, "POST", &format!("{base}/?key=k0&value=v0"));
+            (code == 201 || code == 200).then_some(())
+        }
+    })
+    .await;
+    for i in 1..20 {
+        let (code, body) = curl(&ca, "POST", &format!("{base}/?key=k{i}&value=v{i}"));
+        assert!(code == 201 || code == 200, "POST k{i}: {code} {body}");
+    }
+    for i in 0..20 {
+        let (code, body) = curl(&ca, "GET", &format!("{base}/?key=k{i}"));
+        assert_eq!((code, body.as_str()), (200, format!("v{i}").as_str()));
+    }
+    // Plain HTTP to the HTTPS listener gets no answer.
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{}/healthz", manager.addr.port()))
+        .output()
+        .expect("curl");
+    assert_ne!(String::from_utf8_lossy(&plain.stdout).trim(), "200");
+    // A node answers a client with a certificate from the CA...
+    let mut ok = grpc(&pki, &nodes[0]);
+    let stats = ok
+        .stats(pb::StatsRequest {})
+        .await
+        .expect("stats over mTLS");
+    assert_eq!(stats.into_inner().node_id, "node1");
+    // ...and refuses one without a certificate.
+    let no_cert = ClientTls::load(
+        ClientFiles {
+            ca: pki.ca(),
+            identity: None,
+        },
+        ALPN_H2,
+    )
+    .expect("client TLS");
+    let channel = tonic::transport::Endpoint::from_shared(nodes[0].grpc_uri())
+        .expect("uri")
+        .connect_with_connector_lazy(GrpcConnector::new(no_cert));
+    let r = pb::data_node_client::DataNodeClient::new(channel)
+        .stats(pb::StatsRequest {})
+        .await;
+    assert!(r.is_err(), "a node answered a client without a certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_without_a_client_certificate_gets_no_node() {
+    let pki = Pki::new("nocert");
+    let nodes = tls_nodes(&pki, &[]);
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let ca = s(&pki.ca());
+    let manager = Proc::manager(
+        "manager",
+        &refs,
+        &["--node-tls-ca", &ca, "--node-timeout", "500ms"],
+    );
+    let api = ringcache_tests::Api::new(&manager);
+    // The nodes refuse the handshake: the manager never learns their ids,
+    // so every write is refused, never sent in plain text.
+    for _ in 0..5 {
+        let r = api.set("k", "v").await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_tls_node_warms_up_from_its_peers_over_tls() {
+    let pki = Pki::new("warmup");
+    let mut nodes = tls_nodes(&pki, &[]);
+    let (mcert, mkey) = pki.issue("manager-client", "manager");
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let (ca, mcert, mkey) = (s(&pki.ca()), s(&mcert), s(&mkey));
+    let manager = Proc::manager(
+        "manager",
+        &refs,
+        &[
+            "--node-tls-ca",
+            &ca,
+            "--node-tls-cert",
+            &mcert,
+            "--node-tls-key",
+            &mkey,
+        ],
+    );
+    let api = ringcache_tests::Api::new(&manager);
+    api.await_all_up().await;
+    let keys = 60;
+    for i in 0..keys {
+        assert_eq!(api.set(&format!("w{i}"), "v").await.status, 201);
+    }
+    let before = grpc(&pki, &nodes[1])
+        .stats(pb::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner()
+        .items;
+    assert!(before > 0);
+    nodes[1].restart("data node serving gRPC");
+    api.await_all_up().await;
+    // Up again only after copying its share from its peers (over TLS).
+    let after = grpc(&pki, &nodes[1])
+        .stats(pb::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner()
+        .items;
+    assert_eq!(after, before, "node2 holds its share again");
+    for i in 0..keys {
+        assert_eq!(api.get(&format!("w{i}")).await.text(), "v");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
+    let pki = Pki::new("rotate");
+    let (cert, key) = pki.issue("node", "first");
+    let (cert_s, key_s, ca) = (s(&cert), s(&key), s(&pki.ca()));
+    let node = Proc::datanode(
+        "node1",
+        &[
+            "--tls-cert",
+            &cert_s,
+            "--tls-key",
+            &key_s,
+            "--tls-reload-interval",
+            "200ms",
+        ],
+    );
+    let client = ClientTls::load(
+        ClientFiles {
+            ca: pki.ca(),
+            identity: None,
+        },
+        ALPN_H2,
+    )
+    .expect("client TLS");
+    let port = node.addr.port();
+    let served_cn = |client: Arc<ClientTls>| async move {
+        let stream = client.connect("127.0.0.1", port).await.ok()?;
+        let der = stream.get_ref().1.peer_certificates()?.first()?.clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_string();
+        Some(cn)
+    };
+    assert_eq!(served_cn(client.clone()).await.as_deref(), Some("first"));
+    // An open gRPC connection made before the rotation keeps working.
+    let (gcert, gkey) = pki.issue("grpc-client", "test client");
+    let tls = ClientTls::load(
+        ClientFiles {
+            ca: PathBuf::from(&ca),
+            identity: Some((gcert, gkey)),
+        },
+        ALPN_H2,
+    )
+    .expect("client TLS");
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_uri())
+        .expect("uri")
+        .connect_with_connector(GrpcConnector::new(tls))
+        .await
+        .expect("connect");
+    let mut open = pb::data_node_client::DataNodeClient::new(channel);
+    open.stats(pb::StatsRequest {}).await.expect("stats");
+
+    pki.issue("node", "second");
+    wait_until("new connections to get the rotated certificate", || {
+        let client = client.clone();
+        async move { (served_cn(client).await.as_deref() == Some("second")).then_some(()) }
+    })
+    .await;
+    open.stats(pb::StatsRequest {})
+        .await
+        .expect("the connection opened before the rotation still works");
+
+    // A broken file keeps the previous certificate (and says so in the log).
+    std::fs::write(&cert, "not a certificate").expect("write");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(served_cn(client.clone()).await.as_deref(), Some("second"));
+    assert!(node
+        .log_text()
+        .contains("could not be loaded; keeping the previous ones"));
+}
