@@ -100,21 +100,31 @@ pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<(Stri
 /// Asks the node at `url` (`http://host:port`) for the status of
 /// [`SERVICE`]; `Ok` only when it is `SERVING`.
 pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
-    check_service(url, SERVICE, timeout).await
+    check_service(url, SERVICE, None, timeout).await
 }
 
 /// Asks the node at `url` for the status of `service`; `Ok` only when it
 /// is `SERVING`.
-pub async fn check_service(url: &str, service: &str, timeout: Duration) -> Result<(), String> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+pub async fn check_service(
+    url: &str,
+    service: &str,
+    tls: Option<&std::sync::Arc<crate::tls::ClientTls>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let endpoint = Endpoint::from_shared(crate::tls::plain_scheme(url))
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
     let call = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {}", chain(&e)))?;
+        let channel = match tls {
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(crate::tls::GrpcConnector::new(tls.clone()))
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| format!("cannot connect to {url}: {}", chain(&e)))?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: service.to_string(),
@@ -135,9 +145,13 @@ pub async fn check_service(url: &str, service: &str, timeout: Duration) -> Resul
 
 /// Runs the check of `service` and reports it the way container health
 /// checks read it.
-pub async fn run(url: &str, service: &str) -> ExitCode {
+pub async fn run(
+    url: &str,
+    service: &str,
+    tls: Option<&std::sync::Arc<crate::tls::ClientTls>>,
+) -> ExitCode {
     report(
-        check_service(url, service, TIMEOUT).await,
+        check_service(url, service, tls, TIMEOUT).await,
         &format!("{service} at {url} is SERVING"),
     )
 }

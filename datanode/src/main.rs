@@ -15,7 +15,19 @@ fn main() -> std::process::ExitCode {
     let opts = NodeOptions::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     process::block_on(opts.worker_threads, async move {
         if let Some((url, service)) = health::requested(&matches, opts.listen) {
-            return health::run(&url, service).await;
+            // A node serving TLS is checked over TLS, as its peers reach it
+            // (its certificate must name the loopback address checked).
+            let tls = match opts.peer_tls() {
+                Ok(tls) => tls,
+                Err(e) => return health::report(Err(e.to_string()), ""),
+            };
+            if opts.tls_cert.is_some() && tls.is_none() {
+                return health::report(
+                    Err("--tls-cert without --tls-ca or --tls-client-ca: nothing to verify the node with".into()),
+                    "",
+                );
+            }
+            return health::run(&url, service, tls.as_ref()).await;
         }
         let Some(listener) = process::bind(opts.listen).await else {
             return std::process::ExitCode::FAILURE;

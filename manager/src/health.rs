@@ -24,39 +24,97 @@ pub fn arg() -> clap::Arg {
 
 /// `/healthz` of a manager listening on `listen`, from its own host: open
 /// even when a token is required, 200 while a data node is readable.
-pub fn local_url(listen: SocketAddr) -> String {
+pub fn local_url(listen: SocketAddr, https: bool) -> String {
     format!(
-        "http://{}/healthz",
+        "{}://{}/healthz",
+        if https { "https" } else { "http" },
         ringcache_common::health::loopback(listen)
     )
 }
 
 /// The URL to check when `--health-check` was given, `None` otherwise.
-pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr) -> Option<String> {
-    ringcache_common::health::requested_url(matches, local_url(listen))
+pub fn requested(matches: &clap::ArgMatches, listen: SocketAddr, https: bool) -> Option<String> {
+    ringcache_common::health::requested_url(matches, local_url(listen, https))
 }
 
-/// Splits `http://host:port/path` into `host:port` and `/path`.
-fn split_url(url: &str) -> Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http://host:port/path URLs are supported"))?;
+/// How the check reaches a manager serving HTTPS: the CA its certificate
+/// chains to (`--tls-client-ca`, else `--node-tls-ca`: one PKI, usually)
+/// and, when clients must present one, the manager's node certificate.
+pub fn client_tls(
+    opts: &crate::config::ManagerOptions,
+) -> Result<Option<std::sync::Arc<ringcache_common::tls::ClientTls>>, String> {
+    if opts.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let ca = opts
+        .tls_client_ca
+        .clone()
+        .or_else(|| opts.node_tls_ca.clone())
+        .ok_or(
+            "--tls-cert without --tls-client-ca or --node-tls-ca: no CA to verify the manager with",
+        )?;
+    let identity = match (&opts.node_tls_cert, &opts.node_tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        _ => None,
+    };
+    ringcache_common::tls::ClientTls::load(
+        ringcache_common::tls::ClientFiles { ca, identity },
+        &[b"http/1.1"],
+    )
+    .map(Some)
+    .map_err(|e| e.to_string())
+}
+
+/// Splits `http://host:port/path` (or https) into whether it is https,
+/// `host:port` and `/path`.
+fn split_url(url: &str) -> Result<(bool, &str, &str), String> {
+    let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+                "{url:?}: only http:// or https://host:port/path URLs are supported"
+            ))
+        }
+    };
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
     if authority.is_empty() || !authority.contains(':') {
         return Err(format!(
             "{url:?}: give the port, as in http://127.0.0.1:8080/healthz"
         ));
     }
-    Ok((authority, path))
+    Ok((https, authority, path))
 }
 
 /// Sends `GET url` over HTTP/1.1; `Ok` only on a 2xx status.
-pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
-    let (authority, path) = split_url(url)?;
+pub async fn check(
+    url: &str,
+    tls: Option<&std::sync::Arc<ringcache_common::tls::ClientTls>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (https, authority, path) = split_url(url)?;
     let call = async {
-        let mut tcp = TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+        let tcp = if https {
+            let tls = tls.ok_or_else(|| {
+                format!("{url}: https needs a CA (--tls-client-ca or --node-tls-ca)")
+            })?;
+            let (host, port) = authority
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| format!("{url:?}: give the port"))?;
+            Box::new(
+                tls.connect(host, port)
+                    .await
+                    .map_err(|e| format!("cannot connect to {authority} over TLS: {e}"))?,
+            ) as Box<dyn Stream>
+        } else {
+            Box::new(
+                TcpStream::connect(authority)
+                    .await
+                    .map_err(|e| format!("cannot connect to {authority}: {e}"))?,
+            ) as Box<dyn Stream>
+        };
+        let mut tcp = tcp;
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ringcache-health-check\r\n\
              Connection: close\r\n\r\n"
@@ -95,10 +153,17 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
         .map_err(|_| format!("no answer from {url} within {timeout:?}"))?
 }
 
+/// What the check talks over: TCP, or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Runs the check and reports it the way container health checks read it.
-pub async fn run(url: &str) -> ExitCode {
+pub async fn run(
+    url: &str,
+    tls: Option<&std::sync::Arc<ringcache_common::tls::ClientTls>>,
+) -> ExitCode {
     ringcache_common::health::report(
-        check(url, TIMEOUT).await,
+        check(url, tls, TIMEOUT).await,
         &format!("manager at {url} is serving"),
     )
 }
@@ -111,15 +176,26 @@ mod tests {
     fn urls_are_split_into_authority_and_path() {
         assert_eq!(
             split_url("http://127.0.0.1:8080/cluster"),
-            Ok(("127.0.0.1:8080", "/cluster"))
+            Ok((false, "127.0.0.1:8080", "/cluster"))
         );
-        assert_eq!(split_url("http://[::1]:80"), Ok(("[::1]:80", "/")));
-        assert!(split_url("https://a:1/").is_err());
+        assert_eq!(split_url("http://[::1]:80"), Ok((false, "[::1]:80", "/")));
+        assert_eq!(split_url("https://a:1/"), Ok((true, "a:1", "/")));
+        assert!(split_url("ftp://a:1/").is_err());
         assert!(split_url("http://nohost/").is_err());
         assert_eq!(
-            local_url("0.0.0.0:8080".parse().unwrap()),
+            local_url("0.0.0.0:8080".parse().unwrap(), false),
             "http://127.0.0.1:8080/healthz"
         );
+        assert_eq!(
+            local_url("0.0.0.0:8080".parse().unwrap(), true),
+            "https://127.0.0.1:8080/healthz"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_without_a_ca_is_an_error_not_a_plain_request() {
+        let r = check("https://127.0.0.1:1/healthz", None, Duration::from_secs(1)).await;
+        assert!(r.is_err_and(|e| e.contains("needs a CA")));
     }
 
     #[tokio::test]
@@ -137,7 +213,12 @@ mod tests {
                 let _ = s.read(&mut buf).await;
                 s.write_all(answer.as_bytes()).await.unwrap();
             });
-            let r = check(&format!("http://{addr}/cluster"), Duration::from_secs(5)).await;
+            let r = check(
+                &format!("http://{addr}/cluster"),
+                None,
+                Duration::from_secs(5),
+            )
+            .await;
             assert_eq!(r.is_ok(), healthy, "{answer:?}: {r:?}");
             server.await.unwrap();
         }

@@ -188,6 +188,50 @@ async fn a_manager_reaches_tls_nodes_over_mtls_and_serves_https() {
         .output()
         .expect("curl");
     assert_ne!(String::from_utf8_lossy(&plain.stdout).trim(), "200");
+    // The binaries' own checks speak TLS too (container health checks,
+    // Kubernetes probes): the node's with its own certificate as client.
+    let node_port = nodes[0].addr.port().to_string();
+    let (ncert, nkey) = (pki.dir.join("node.pem"), pki.dir.join("node.key"));
+    for check in ["--health-check", "--ready-check"] {
+        let out = Command::new(ringcache_tests::bin_path("datanode"))
+            .args(["--listen", &format!("127.0.0.1:{node_port}"), "--tls-cert"])
+            .arg(&ncert)
+            .arg("--tls-key")
+            .arg(&nkey)
+            .arg("--tls-client-ca")
+            .arg(pki.ca())
+            .arg(check)
+            .output()
+            .expect("datanode check");
+        assert!(
+            out.status.success(),
+            "{check}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let manager_check = |tls: bool| {
+        let mut cmd = Command::new(ringcache_tests::bin_path("manager"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", manager.addr.port())]);
+        if tls {
+            cmd.arg("--tls-cert")
+                .arg(&hcert)
+                .arg("--tls-key")
+                .arg(&hkey)
+                .arg("--node-tls-ca")
+                .arg(pki.ca());
+        }
+        cmd.arg("--health-check").output().expect("manager check")
+    };
+    let out = manager_check(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !manager_check(false).status.success(),
+        "plain check of an HTTPS manager"
+    );
     // A node answers a client with a certificate from the CA...
     let mut ok = grpc(&pki, &nodes[0]);
     let stats = ok
