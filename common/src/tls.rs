@@ -252,16 +252,22 @@ impl ServerTls {
 pub struct ClientFiles {
     pub ca: PathBuf,
     pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name servers' certificates must carry, whatever address they
+    /// are reached at (containers found by DNS are reached by IP); `None`:
+    /// the host of the address.
+    pub server_name: Option<String>,
 }
 
 /// A TLS client configuration that follows its files.
 pub struct ClientTls {
     inner: Reloading<ClientConfig>,
+    server_name: Option<String>,
 }
 
 impl ClientTls {
     pub fn load(files: ClientFiles, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let server_name = files.server_name.clone();
         let mut paths = vec![files.ca.clone()];
         if let Some((c, k)) = &files.identity {
             paths.extend([c.clone(), k.clone()]);
@@ -292,6 +298,7 @@ impl ClientTls {
         };
         Ok(Arc::new(Self {
             inner: Reloading::new("client", paths, Box::new(build))?,
+            server_name,
         }))
     }
 
@@ -304,13 +311,14 @@ impl ClientTls {
     }
 
     /// Connects to `host:port` over TCP and TLS, verifying the server's
-    /// certificate for `host` (a DNS name or an IP address).
+    /// certificate for `host` (a DNS name or an IP address), or for the
+    /// configured server name.
     pub async fn connect(
         &self,
         host: &str,
         port: u16,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let name = server_name(host)?;
+        let name = server_name(self.server_name.as_deref().unwrap_or(host))?;
         let tcp = TcpStream::connect((host.trim_matches(|c| c == '[' || c == ']'), port)).await?;
         tcp.set_nodelay(true)?;
         tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector().connect(name, tcp))

@@ -117,6 +117,12 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Name peers' certificates must carry, whatever address they are
+    /// reached at (default: the host of the address). Containers found
+    /// through DNS are reached by IP: give their certificates' shared name.
+    #[arg(long, env = "DATANODE_TLS_PEER_NAME", requires = "tls_cert")]
+    pub tls_peer_name: Option<String>,
+
     /// How often the TLS files are checked for changes (rotation without a
     /// restart: new connections use the new files).
     #[arg(long, env = "DATANODE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
@@ -186,6 +192,7 @@ impl NodeOptions {
             ringcache_common::tls::ClientFiles {
                 ca: ca.clone(),
                 identity: Some((cert.clone(), key.clone())),
+                server_name: self.tls_peer_name.clone(),
             },
             ringcache_common::tls::ALPN_H2,
         )

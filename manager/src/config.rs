@@ -125,6 +125,12 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_NODE_TLS_CA")]
     pub node_tls_ca: Option<std::path::PathBuf>,
 
+    /// Name the data nodes' certificates must carry, whatever address they
+    /// are reached at (default: the host of the address). Nodes found
+    /// through a DNS name are reached by IP: give their certificates' name.
+    #[arg(long, env = "MANAGER_NODE_TLS_NAME", requires = "node_tls_ca")]
+    pub node_tls_name: Option<String>,
+
     /// PEM certificate chain this manager presents to the data nodes (for
     /// nodes started with --tls-client-ca).
     #[arg(
@@ -253,6 +259,7 @@ impl ManagerOptions {
             ringcache_common::tls::ClientFiles {
                 ca: ca.clone(),
                 identity,
+                server_name: self.node_tls_name.clone(),
             },
             ringcache_common::tls::ALPN_H2,
         )

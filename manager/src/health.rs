@@ -58,7 +58,11 @@ pub fn client_tls(
         _ => None,
     };
     ringcache_common::tls::ClientTls::load(
-        ringcache_common::tls::ClientFiles { ca, identity },
+        ringcache_common::tls::ClientFiles {
+            ca,
+            identity,
+            server_name: None,
+        },
         &[b"http/1.1"],
     )
     .map(Some)

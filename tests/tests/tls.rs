@@ -48,8 +48,13 @@ impl Pki {
     /// A certificate for `localhost` and 127.0.0.1 named `cn`, written to
     /// `<file>.pem` and `<file>.key`; returns their paths.
     fn issue(&self, file: &str, cn: &str) -> (PathBuf, PathBuf) {
+        self.issue_for(file, cn, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`Pki::issue`], for the names `sans`.
+    fn issue_for(&self, file: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
         let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
         params
             .distinguished_name
@@ -123,6 +128,7 @@ fn grpc(pki: &Pki, node: &Proc) -> pb::data_node_client::DataNodeClient<tonic::t
         ClientFiles {
             ca: pki.ca(),
             identity: Some((cert, key)),
+            server_name: None,
         },
         ALPN_H2,
     )
@@ -244,6 +250,7 @@ async fn a_manager_reaches_tls_nodes_over_mtls_and_serves_https() {
         ClientFiles {
             ca: pki.ca(),
             identity: None,
+            server_name: None,
         },
         ALPN_H2,
     )
@@ -345,6 +352,7 @@ async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
         ClientFiles {
             ca: pki.ca(),
             identity: None,
+            server_name: None,
         },
         ALPN_H2,
     )
@@ -370,6 +378,7 @@ async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
         ClientFiles {
             ca: PathBuf::from(&ca),
             identity: Some((gcert, gkey)),
+            server_name: None,
         },
         ALPN_H2,
     )
@@ -399,4 +408,45 @@ async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
     assert!(node
         .log_text()
         .contains("could not be loaded; keeping the previous ones"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reached_by_ip_are_verified_for_their_certificates_name() {
+    // Containers found through a DNS name are reached by IP, and their
+    // certificates name the service: --node-tls-name says which name.
+    let pki = Pki::new("name");
+    let (cert, key) = pki.issue_for("node", "data node", &["datanode"]);
+    let (mcert, mkey) = pki.issue("manager-client", "manager");
+    let (cert, key, ca, mcert, mkey) = (s(&cert), s(&key), s(&pki.ca()), s(&mcert), s(&mkey));
+    let node = Proc::datanode(
+        "node1",
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+    );
+    let tls = [
+        "--node-tls-ca",
+        ca.as_str(),
+        "--node-tls-cert",
+        mcert.as_str(),
+        "--node-tls-key",
+        mkey.as_str(),
+        "--node-timeout",
+        "500ms",
+    ];
+    let wrong = Proc::manager("wrong", &[&node], &tls);
+    let mut named = tls.to_vec();
+    named.extend(["--node-tls-name", "datanode"]);
+    let right = Proc::manager("right", &[&node], &named);
+    let right_api = ringcache_tests::Api::new(&right);
+    right_api.await_all_up().await;
+    assert_eq!(right_api.set("k", "v").await.status, 201);
+    // The certificate does not name 127.0.0.1: refused.
+    let r = ringcache_tests::Api::new(&wrong).set("k", "w").await;
+    assert_eq!(r.status, 503, "{}", r.text());
 }
