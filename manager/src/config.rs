@@ -131,6 +131,23 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_NODE_TLS_NAME", requires = "node_tls_ca")]
     pub node_tls_name: Option<String>,
 
+    /// PEM CA bundle etcd's certificate chains to: talk to etcd over TLS.
+    #[arg(long, env = "MANAGER_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for etcd (`--client-cert-auth`).
+    #[arg(
+        long,
+        env = "MANAGER_ETCD_CERT",
+        requires = "etcd_key",
+        requires = "etcd_ca"
+    )]
+    pub etcd_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "MANAGER_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+
     /// PEM certificate chain this manager presents to the data nodes (for
     /// nodes started with --tls-client-ca).
     #[arg(
@@ -239,6 +256,29 @@ impl ManagerOptions {
                 client_ca: self.tls_client_ca.clone(),
             },
             ringcache_common::tls::ALPN_HTTP,
+        )
+        .map(Some)
+    }
+
+    /// TLS to etcd, if --etcd-ca is given.
+    pub fn etcd_tls(
+        &self,
+    ) -> Result<Option<Arc<ringcache_common::tls::ClientTls>>, ringcache_common::tls::TlsError>
+    {
+        let Some(ca) = &self.etcd_ca else {
+            return Ok(None);
+        };
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        };
+        ringcache_common::tls::ClientTls::load(
+            ringcache_common::tls::ClientFiles {
+                ca: ca.clone(),
+                identity,
+                server_name: None,
+            },
+            ringcache_common::tls::ALPN_H2,
         )
         .map(Some)
     }

@@ -156,6 +156,16 @@ impl Proc {
     /// A single-member etcd (Debian's `etcd-server`) on loopback ports,
     /// with its data in a fresh temporary directory.
     pub fn etcd(name: &str) -> Proc {
+        Proc::etcd_with(name, None)
+    }
+
+    /// As [`Proc::etcd`], serving clients over TLS with `(cert, key, ca)`
+    /// and requiring client certificates from `ca`.
+    pub fn etcd_tls(name: &str, cert: &Path, key: &Path, ca: &Path) -> Proc {
+        Proc::etcd_with(name, Some((cert, key, ca)))
+    }
+
+    fn etcd_with(name: &str, tls: Option<(&Path, &Path, &Path)>) -> Proc {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -163,15 +173,16 @@ impl Proc {
         };
         let (client, peer) = (free(), free());
         let dir = log_dir().join(format!("{name}-{}.etcd", unique()));
-        let args: Vec<String> = [
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut args: Vec<String> = [
             "--name",
             name,
             "--data-dir",
             &dir.to_string_lossy(),
             "--listen-client-urls",
-            &format!("http://{client}"),
+            &format!("{scheme}://{client}"),
             "--advertise-client-urls",
-            &format!("http://{client}"),
+            &format!("{scheme}://{client}"),
             "--listen-peer-urls",
             &format!("http://{peer}"),
             "--initial-advertise-peer-urls",
@@ -182,6 +193,17 @@ impl Proc {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some((cert, key, ca)) = tls {
+            for (flag, path) in [
+                ("--cert-file", cert),
+                ("--key-file", key),
+                ("--trusted-ca-file", ca),
+            ] {
+                args.push(flag.to_string());
+                args.push(path.display().to_string());
+            }
+            args.push("--client-cert-auth".to_string());
+        }
         let bin = etcd_path();
         let log = log_dir().join(format!("{name}-{}.log", unique()));
         let mut p = Proc {

@@ -450,3 +450,47 @@ async fn nodes_reached_by_ip_are_verified_for_their_certificates_name() {
     let r = ringcache_tests::Api::new(&wrong).set("k", "w").await;
     assert_eq!(r.status, 503, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_etcd, ignore = "etcd is not installed")]
+async fn the_placement_lives_in_an_etcd_served_over_mtls() {
+    let pki = Pki::new("etcd");
+    let (ecert, ekey) = pki.issue("etcd", "etcd");
+    let etcd = Proc::etcd_tls("etcd", &ecert, &ekey, &pki.ca());
+    let (mcert, mkey) = pki.issue("manager-etcd", "manager");
+    let nodes: Vec<Proc> = (1..=3)
+        .map(|i| Proc::datanode(&format!("node{i}"), &[]))
+        .collect();
+    let list: Vec<String> = nodes.iter().map(Proc::grpc_uri).collect();
+    let url = format!("https://{}", etcd.addr);
+    let (ca, mcert, mkey) = (s(&pki.ca()), s(&mcert), s(&mkey));
+    let manager = Proc::manager_at(
+        "manager",
+        &list,
+        &[
+            "--etcd",
+            &url,
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &mcert,
+            "--etcd-key",
+            &mkey,
+        ],
+    );
+    let api = ringcache_tests::Api::new(&manager);
+    // The placement was seeded into etcd and read back from it.
+    let version = api.await_members(&["node1", "node2", "node3"]).await;
+    assert!(version > 0);
+    api.await_all_up().await;
+    assert_eq!(api.set("k", "v").await.status, 201);
+    // Without a client certificate etcd refuses the manager: no placement,
+    // so no key request is served.
+    let refused = Proc::manager_at(
+        "refused",
+        &list,
+        &["--etcd", &url, "--etcd-ca", &ca, "--node-timeout", "500ms"],
+    );
+    let r = ringcache_tests::Api::new(&refused).set("k", "w").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+}

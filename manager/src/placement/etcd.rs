@@ -16,6 +16,10 @@ use ringcache_proto::etcd::etcdserverpb::{
     watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
     PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ringcache_common::tls::ClientTls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -33,6 +37,59 @@ pub enum EtcdError {
     WatchEnded,
     #[error("etcd lease {0} expired")]
     LeaseLost(i64),
+}
+
+/// Connects to the first etcd endpoint that answers, over TLS, starting
+/// with the one that answered last: tonic's balancing cannot take a
+/// connector of ours (which re-reads the certificates at each connection).
+#[derive(Clone)]
+struct Failover {
+    tls: Arc<ClientTls>,
+    targets: Arc<Vec<(String, u16)>>,
+    next: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+type Connected = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower::Service<http::Uri> for Failover {
+    type Response = Connected;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Connected>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let start = this.next.load(Ordering::Relaxed);
+            let mut last = None;
+            for k in 0..this.targets.len() {
+                let i = (start + k) % this.targets.len();
+                let (host, port) = &this.targets[i];
+                match tokio::time::timeout(this.timeout, this.tls.connect(host, *port)).await {
+                    Ok(Ok(stream)) => {
+                        this.next.store(i, Ordering::Relaxed);
+                        return Ok(hyper_util::rt::TokioIo::new(stream));
+                    }
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        last = Some(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("{host}:{port}: no TLS connection within {:?}", this.timeout),
+                        ))
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("no etcd endpoint")))
+        })
+    }
 }
 
 /// The end of the key range of every key starting with `prefix`.
@@ -68,11 +125,18 @@ pub struct Etcd {
 
 impl Etcd {
     /// Connects lazily to `endpoints` (`http://host:2379`; a bare host:port
-    /// means http), balancing over them; keys live under `prefix`.
-    pub fn new(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self, EtcdError> {
+    /// means http), balancing over them; keys live under `prefix`. With
+    /// `tls`, every endpoint is reached over TLS (whatever its scheme), one
+    /// at a time: the connection goes to the next one when it fails.
+    pub fn new(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Result<Self, EtcdError> {
         let mut eps = Vec::with_capacity(endpoints.len());
         for e in endpoints {
-            let uri = crate::config::node_uri(e);
+            let uri = ringcache_common::tls::plain_scheme(&crate::config::node_uri(e));
             let ep = Endpoint::from_shared(uri.clone())
                 .map_err(|_| EtcdError::Endpoint(e.clone()))?
                 .connect_timeout(timeout)
@@ -84,7 +148,25 @@ impl Etcd {
         if eps.is_empty() {
             return Err(EtcdError::Endpoint(String::new()));
         }
-        let channel = Channel::balance_list(eps.into_iter());
+        let channel = match tls {
+            Some(tls) => {
+                let targets = eps
+                    .iter()
+                    .map(|ep| {
+                        let uri = ep.uri();
+                        let host = uri.host().unwrap_or_default().to_string();
+                        (host, uri.port_u16().unwrap_or(2379))
+                    })
+                    .collect();
+                eps[0].connect_with_connector_lazy(Failover {
+                    tls,
+                    targets: Arc::new(targets),
+                    next: Arc::new(AtomicUsize::new(0)),
+                    timeout,
+                })
+            }
+            None => Channel::balance_list(eps.into_iter()),
+        };
         Ok(Self {
             kv: KvClient::new(channel.clone()),
             watch: WatchClient::new(channel.clone()),
