@@ -9,7 +9,7 @@ use crate::node::{NodeHandle, NodeState};
 
 impl Cluster {
     /// Queues `Mark{node index, since}` for its peers; returns the round
-    /// to wait for (see [`MarkQueue`]).
+    /// to wait for (see [`crate::marks::MarkQueue`]).
     pub(crate) fn mark(&self, index: usize, since: u64) -> Option<u64> {
         let nodes = self.nodes();
         let node = &nodes[index];
