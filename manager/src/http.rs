@@ -17,9 +17,9 @@ use serde::Serialize;
 use tracing::instrument;
 
 use crate::admission::{AdmitLayer, TrackLayer};
-use crate::cluster::NodeState;
 use crate::error::ApiError;
 use crate::metrics;
+use crate::node::NodeState;
 use crate::query;
 use crate::state::AppState;
 

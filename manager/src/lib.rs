@@ -3,9 +3,19 @@
 //!
 //! - [`ring`]: the consistent hash ring.
 //! - [`client`]: the one interface through which requests reach a node.
-//! - [`cluster`]: node states and routing of reads and writes to replicas.
+//! - [`node`]: one data node: its lifecycle as a state machine without IO
+//!   ([`node::lifecycle`]) and the handle that drives it ([`node::handle`]).
+//! - [`cluster`]: the nodes, the ring over them, what the parts below share.
+//! - [`ring_view`]: one placement's read and write rings (a key's replicas).
+//! - [`route`]: reads ([`route`]`::read`) and writes ([`route`]`::write`)
+//!   routed to a key's replicas.
 //! - [`write_round`]: what a write's replica answers decide (send again, status).
-//! - [`marks`]: the dirty marks placed for a node that missed writes.
+//! - [`faults`]: a failed or lagging node, from the cluster's side.
+//! - [`marks`]: the dirty marks placed for a node that missed writes;
+//!   [`mark_broadcast`]: sending them to its peers.
+//! - [`leases`]: read leases, the manager registry, other managers.
+//! - [`placement`]: the placement store (etcd), hand-offs, and following the
+//!   placement ([`placement::apply`]).
 //! - [`listener`]: what receives the nodes' events (the near cache does).
 //! - [`membership`]: per-node `Subscribe` streams, health and rejoin.
 //! - [`near_cache`]: optional hot values in the manager, kept coherent by
@@ -25,16 +35,22 @@ pub mod cluster;
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod faults;
 pub mod health;
 pub mod http;
+pub mod leases;
 pub mod listener;
+pub mod mark_broadcast;
 pub mod marks;
 pub mod membership;
 pub mod metrics;
 pub mod near_cache;
+pub mod node;
 pub mod placement;
 pub mod query;
 pub mod ring;
+pub mod ring_view;
+pub mod route;
 pub mod server;
 pub mod state;
 pub mod ui;

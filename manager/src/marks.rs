@@ -12,7 +12,9 @@
 //! Writes that skip B at once share broadcasts: a [`MarkQueue`] collects
 //! the oldest `since` waiting, one broadcaster sends it, and each writer
 //! waits for the first round that started after it queued. The queue is the
-//! bookkeeping only (no IO); the broadcaster is `Cluster`'s.
+//! bookkeeping only (no IO); the broadcaster is in
+//! [`crate::mark_broadcast`]. Where this manager's own repair of the node
+//! must start from is the node's lifecycle's (`missed`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,9 +37,6 @@ struct State {
     running: bool,
     /// Failed rounds in a row.
     failures: u32,
-    /// Oldest since this manager queued since it last saw the node
-    /// repaired: where its own repair must start from at the latest.
-    missed: Option<u64>,
 }
 
 /// What the broadcaster does next.
@@ -80,7 +79,6 @@ impl MarkQueue {
     pub fn push(&self, since: u64) -> (u64, bool) {
         let mut s = lock(&self.state);
         s.pending = Some(s.pending.map_or(since, |p| p.min(since)));
-        s.missed = Some(s.missed.map_or(since, |p| p.min(since)));
         let start = !s.running;
         s.running = true;
         (s.started + 1, start)
@@ -143,22 +141,6 @@ impl MarkQueue {
         // Given up at or after this round: its since may have been in the
         // round given up, whatever later rounds held.
         r.1 < round
-    }
-
-    /// Oldest since this manager queued and has not seen repaired.
-    pub fn missed(&self) -> Option<u64> {
-        lock(&self.state).missed
-    }
-
-    /// The node was repaired from `since` on: forgets what is covered,
-    /// unless an older since was queued meanwhile.
-    pub fn repaired(&self, since: Option<u64>) {
-        let mut s = lock(&self.state);
-        if let (Some(repaired), Some(missed)) = (since, s.missed) {
-            if repaired <= missed {
-                s.missed = None;
-            }
-        }
     }
 }
 
@@ -253,20 +235,6 @@ mod tests {
         q.held(3);
         q.held(2);
         assert_eq!(q.rounds.borrow().0, 3);
-    }
-
-    #[test]
-    fn repair_forgets_only_what_it_covered() {
-        let q = MarkQueue::default();
-        q.push(500);
-        let seen = q.missed();
-        assert_eq!(seen, Some(500));
-        // An older version missed after the repair read `seen`.
-        q.push(400);
-        q.repaired(seen);
-        assert_eq!(q.missed(), Some(400));
-        q.repaired(Some(400));
-        assert_eq!(q.missed(), None);
     }
 
     #[tokio::test]

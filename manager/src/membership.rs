@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use ringcache_proto::pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, NodeHandle, NodeState};
+use crate::cluster::Cluster;
 use crate::listener::EventListener;
+use crate::node::{NodeHandle, NodeState};
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -123,9 +124,8 @@ async fn session(
     // Skipped invalidations leave gaps in the numbers: nothing to check.
     seq.gaps = !skip_invalidations;
     // The node is written to at once, and read from once repaired.
-    let from = node.state();
-    if from != NodeState::Syncing && !node.transition(from, NodeState::Syncing) {
-        return Err("state changed while admitting".into());
+    if !node.connected() {
+        return Err("left the placement while admitting".into());
     }
     // Leases and near-cache probes for as long as this session lasts.
     let renewals = tokio::spawn(renew(cluster.clone(), index));
@@ -183,16 +183,13 @@ async fn renew(cluster: Arc<Cluster>, index: usize) {
     loop {
         tick.tick().await;
         let node = cluster.node(index);
-        // Only a node this manager reads from: one it takes for down, or
-        // is repairing, may lack writes this manager acknowledged, and
-        // must not answer other managers' reads on our lease.
-        if node.state() != NodeState::Up {
-            continue;
-        }
         let Some(heartbeat) = node.info().heartbeat_seq else {
             continue;
         };
-        node.renewing();
+        // Only while up here (the lifecycle decides, see `Event::Renewing`).
+        if !node.renewing() {
+            continue;
+        }
         let sent = tokio::time::Instant::now();
         let r = node
             .client
@@ -324,8 +321,7 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
 }
 
 fn admitted(node: &NodeHandle, local: Option<u64>) -> Result<(), String> {
-    node.repaired(local);
-    if node.transition(NodeState::Syncing, NodeState::Up) {
+    if node.synced(local) {
         Ok(())
     } else {
         Err("marked down while syncing".into())
@@ -526,9 +522,7 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
     let Some(s) = stats else { return };
     cluster.observe(index, s.clock);
     cluster.check_protection(&s.subscribers);
-    if s.sync.as_ref().is_some_and(|y| y.syncing) {
-        cluster.needs_repair(index);
-    }
+    cluster.heartbeat(index, s.sync.as_ref().is_some_and(|y| y.syncing));
     for m in &s.marks {
         if let Some(i) = cluster.index_of(&m.node_id) {
             cluster.needs_repair(i);

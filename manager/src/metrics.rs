@@ -15,7 +15,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::cluster::{Cluster, NodeState};
+use crate::cluster::Cluster;
+use crate::node::NodeState;
 
 /// Content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::etcd::{Etcd, EtcdError};
 use super::{DRIVER_KEY, PLACEMENT_KEY, PROGRESS_KEY};
-use crate::cluster::{Cluster, NodeState, RingView};
+use crate::cluster::Cluster;
+use crate::node::NodeState;
 use crate::ring::arcs_where_both;
+use crate::ring_view::RingView;
 
 /// Lease of the driver key: how long a dead driver holds up hand-offs.
 const LEASE_TTL: Duration = Duration::from_secs(3);

@@ -8,7 +8,10 @@
 //!   by it (so a node refuses ops routed by an older one), and the admin API
 //!   changes it by compare-and-swap. One elected manager moves the keys
 //!   ([`handoff`]).
+//! - [`apply`]: a new version in the cluster: handles for new members,
+//!   rings installed, the nodes that left retired.
 
+pub mod apply;
 pub mod discover;
 pub mod etcd;
 pub mod handoff;

@@ -1,0 +1,90 @@
+//! The dirty marks this manager places for a node that missed writes, sent
+//! to its peers (the bookkeeping is [`crate::marks::MarkQueue`]'s).
+
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
+use crate::marks::{self, Next};
+use crate::node::{NodeHandle, NodeState};
+
+impl Cluster {
+    /// Queues `Mark{node index, since}` for its peers; returns the round
+    /// to wait for (see [`crate::marks::MarkQueue`]).
+    pub(crate) fn mark(&self, index: usize, since: u64) -> Option<u64> {
+        let nodes = self.nodes();
+        let node = &nodes[index];
+        // Without an id the node is in no replica set: nothing to mark.
+        let id = node.id()?;
+        node.writes_missed(since);
+        let (round, start) = node.marks.push(since);
+        if start {
+            tokio::spawn(broadcast_marks(nodes, index, id));
+        }
+        Some(round)
+    }
+
+    /// Waits (at most the node timeout) until a peer of node `index` holds a
+    /// mark for it from `since` on; false if none does by then.
+    pub(crate) async fn await_marked(&self, index: usize, since: u64) -> bool {
+        let Some(round) = self.mark(index, since) else {
+            return true;
+        };
+        let node = self.node(index);
+        tokio::time::timeout(self.connect.timeout, node.marks.wait(round))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Sends node `index`'s queued marks to its peers, round after round,
+/// until none is queued. A round counts as held once one peer took it
+/// (the others finish in the background); a round no peer took is tried
+/// again, so no write waiting for it is acknowledged meanwhile.
+async fn broadcast_marks(nodes: Arc<Vec<Arc<NodeHandle>>>, index: usize, id: String) {
+    use futures::StreamExt;
+    let queue = &nodes[index].marks;
+    loop {
+        let (round, since) = match queue.next() {
+            Next::Stop => return,
+            Next::Send { round, since } => (round, since),
+        };
+        // Peers this manager takes for down would only hold the round up
+        // for the node timeout.
+        let mut calls: futures::stream::FuturesUnordered<_> = nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| {
+                i != index && !n.is_retired() && n.id().is_some() && n.state() != NodeState::Down
+            })
+            .map(|(_, n)| {
+                let (client, id) = (n.client.clone(), id.clone());
+                async move { client.mark(&id, since).await }
+            })
+            .collect();
+        let peers = calls.len();
+        // Two holders when there are two: a mark on one peer is lost if
+        // that peer restarts.
+        let want = peers.min(2);
+        let mut held = 0;
+        while let Some(r) = calls.next().await {
+            held += usize::from(r.is_ok());
+            if held >= want {
+                break;
+            }
+        }
+        if held > 0 {
+            queue.held(round);
+            tracing::debug!(node = %id, since, round, peers, held, "dirty mark held");
+            if !calls.is_empty() {
+                tokio::spawn(async move { while calls.next().await.is_some() {} });
+            }
+            continue;
+        }
+        if queue.failed(round, since) {
+            tracing::warn!(node = %id, since, peers, "no peer took the dirty mark; trying again");
+        } else {
+            tracing::error!(node = %id, since, peers, "no peer took the dirty mark; given up");
+        }
+        tokio::time::sleep(marks::RETRY).await;
+    }
+}
