@@ -283,6 +283,9 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
             .chain(sync.syncing.then_some(sync.since))
             .min();
         let Some(since) = since else {
+            if missed_during(&node, None) {
+                continue;
+            }
             return admitted(&node, None);
         };
         let (generation, since) = node
@@ -300,9 +303,10 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
                 .clear_mark(&id, mark.generation)
                 .await;
         }
-        if !peer_marks(cluster, index, &id).await.is_empty() {
-            // A mark came (or stayed) meanwhile: another round from it,
-            // after a pause that grows (writes of a manager cut off from
+        if !peer_marks(cluster, index, &id).await.is_empty() || missed_during(&node, Some(since)) {
+            // A mark came (or stayed) meanwhile, or this manager saw the
+            // node miss a write older than this round: another round from
+            // it, after a pause that grows (writes of a manager cut off from
             // the node keep marking it; each round scans the peers).
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(REPAIR_PAUSE_MAX);
@@ -315,7 +319,8 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
             .map_err(|e| e.to_string())?
         {
             tracing::info!(node = %id, elapsed = ?started.elapsed(), "repaired");
-            return admitted(&node, local);
+            // The round copied every write from `since` on.
+            return admitted(&node, Some(since));
         }
     }
 }
@@ -324,7 +329,17 @@ fn admitted(node: &NodeHandle, local: Option<u64>) -> Result<(), String> {
     if node.synced(local) {
         Ok(())
     } else {
-        Err("marked down while syncing".into())
+        Err("marked down, or found to miss older writes, while syncing".into())
+    }
+}
+
+/// A miss this manager recorded while the round ran that the round (from
+/// `local`) does not cover: another round is needed before admission.
+fn missed_during(node: &NodeHandle, local: Option<u64>) -> bool {
+    match (node.missed_since(), local) {
+        (None, _) => false,
+        (Some(missed), Some(covered)) => missed < covered,
+        (Some(_), None) => true,
     }
 }
 

@@ -165,20 +165,23 @@ impl Lifecycle {
                 out
             }
             Event::Synced { covered } => {
-                // Forgets what the round covered even when the node was
-                // marked down meanwhile: the marks placed since then are
-                // held by its peers, where its next repair finds them.
-                if let (Some(covered), Some(missed)) = (covered, self.missed) {
-                    if covered <= missed {
-                        self.missed = None;
-                    }
+                if self.state != NodeState::Syncing {
+                    // Marked down while syncing: it stays down, and keeps
+                    // what it missed (misses recorded after the round began
+                    // would be forgotten with it, and the next repair would
+                    // rest on the peers' marks alone).
+                    return Vec::new();
                 }
-                if self.state == NodeState::Syncing {
-                    self.set(NodeState::Up)
-                } else {
-                    // Marked down while syncing: it stays down.
-                    Vec::new()
+                match (covered, self.missed) {
+                    (_, None) => {}
+                    (Some(covered), Some(missed)) if covered <= missed => self.missed = None,
+                    // A miss older than the round's start was recorded while
+                    // it ran (a write that found the node down queued its
+                    // mark late): not readmitted; the driver sees `missed`
+                    // and runs another round from it.
+                    _ => return Vec::new(),
                 }
+                self.set(NodeState::Up)
             }
             Event::Failed { guess } => {
                 // Once per episode: a session retried every second must not
@@ -208,7 +211,15 @@ impl Lifecycle {
             }
             Event::WritesMissed { since } => {
                 self.missed = Some(self.missed.map_or(since, |m| m.min(since)));
-                Vec::new()
+                // Up: a write that found the node down queues its mark after
+                // a repair readmitted it. That repair may have missed the
+                // write: out of reads, repaired again.
+                if self.state != NodeState::Up {
+                    return Vec::new();
+                }
+                let mut out = self.set(NodeState::Syncing);
+                out.extend([Action::StartRepair, Action::ForgetLearned]);
+                out
             }
             Event::Renewing { at } => {
                 // Only a node this manager reads from: one it takes for
@@ -298,6 +309,10 @@ mod tests {
                         vec![changed(Up, Syncing), StartRepair, ForgetLearned],
                     ),
                     (_, Event::Heartbeat { .. } | Event::RepairRequested) => (from, vec![]),
+                    (Up, Event::WritesMissed { .. }) => (
+                        Syncing,
+                        vec![changed(Up, Syncing), StartRepair, ForgetLearned],
+                    ),
                     (_, Event::WritesMissed { .. }) => (from, vec![]),
                     (Up, Event::Renewing { .. }) => (Up, vec![SendRenewal]),
                     (_, Event::Renewing { .. }) => (from, vec![]),
@@ -320,10 +335,11 @@ mod tests {
         for from in STATES {
             let mut m = at(from);
             m.step(Event::WritesMissed { since: 3 });
+            let state = m.state();
             assert_eq!(m.step(Event::Retired), vec![Release]);
             for event in events(now) {
                 assert_eq!(m.step(event), vec![], "{from:?} + {event:?}");
-                assert_eq!(m.state(), from);
+                assert_eq!(m.state(), state);
                 assert!(m.is_retired());
                 assert_eq!(m.missed(), Some(3));
                 assert_eq!(m.renewed(), None);
@@ -363,10 +379,12 @@ mod tests {
         // An older version missed after the repair read `seen` (a write's
         // version is taken before it waits for its mark).
         m.step(Event::WritesMissed { since: 400 });
-        m.step(Event::Synced { covered: seen });
-        assert_eq!(m.missed(), Some(400));
+        // Not readmitted: the round did not cover 400.
+        assert!(m.step(Event::Synced { covered: seen }).is_empty());
+        assert_eq!((m.state(), m.missed()), (Syncing, Some(400)));
+        // The next round, from 400, does.
         m.step(Event::Synced { covered: Some(400) });
-        assert_eq!(m.missed(), None);
+        assert_eq!((m.state(), m.missed()), (Up, None));
     }
 
     #[test]
@@ -381,6 +399,7 @@ mod tests {
             Some(650),
             "650 was not covered by a round from 700"
         );
+        assert_eq!(m.state(), Syncing, "not readmitted with 650 unrepaired");
     }
 
     #[test]
@@ -482,12 +501,10 @@ mod tests {
                 }
                 self.in_round.clear();
                 self.round = None;
-                if before.missed().is_some() && m.missed().is_none() {
-                    // Today's rule: a round that ends after the node was
-                    // marked down forgets the misses recorded since it
-                    // began too (their marks, held by the peers, are what
-                    // the next repair starts from).
-                    self.unrepaired.clear();
+                // A round that ends after the node was marked down forgets
+                // nothing: what it missed waits for the next round.
+                if before.state() != Syncing {
+                    assert_eq!(m.missed(), before.missed(), "{trace:#?}");
                 }
             }
 
@@ -563,10 +580,11 @@ mod tests {
                     8 if rng.below(20) == 0 => Event::Retired,
                     _ => Event::Heartbeat { syncing: false },
                 };
-                // A write skips only a node it does not write to (the race
-                // of a readmission overtaking a write's mark aside: see
-                // `a_miss_recorded_while_up_leaves_the_node_readable`).
-                if matches!(event, Event::WritesMissed { .. }) && m.state().writable() {
+                // A write skips a node it does not write to, or one a
+                // repair readmitted after the write found it down (see
+                // `a_miss_recorded_while_up_takes_the_node_out_of_reads`);
+                // not one it is writing to while syncing.
+                if matches!(event, Event::WritesMissed { .. }) && m.state() == Syncing {
                     continue;
                 }
                 for action in model.step(&mut m, event) {
@@ -580,17 +598,49 @@ mod tests {
         }
     }
 
-    /// Today's rule, kept: a mark queued while the node is up (a write that
-    /// found it down queues its mark after a repair readmitted it) does not
-    /// take it out of reads here; the peers' heartbeats, which list the
-    /// mark, do (`RepairRequested`).
+    /// A mark queued while the node is up (a write that found it down
+    /// queues its mark after a repair readmitted it, a repair that may
+    /// have missed the write) takes it out of reads here at once, rather
+    /// than when the peers' heartbeats list the mark.
     #[test]
-    fn a_miss_recorded_while_up_leaves_the_node_readable() {
+    fn a_miss_recorded_while_up_takes_the_node_out_of_reads() {
         let mut m = at(Up);
-        assert!(m.step(Event::WritesMissed { since: 10 }).is_empty());
-        assert!(m.state().readable());
+        let actions = m.step(Event::WritesMissed { since: 10 });
+        assert_eq!(
+            actions,
+            vec![
+                Changed {
+                    from: Up,
+                    to: Syncing
+                },
+                StartRepair,
+                ForgetLearned
+            ]
+        );
+        assert!(!m.state().readable());
         assert_eq!(m.missed(), Some(10));
-        m.step(Event::RepairRequested);
-        assert_eq!(m.state(), Syncing);
+        // The repair from 10 readmits it.
+        assert_eq!(
+            m.step(Event::Synced { covered: Some(10) }),
+            vec![Changed {
+                from: Syncing,
+                to: Up
+            }]
+        );
+        assert_eq!(m.missed(), None);
+    }
+
+    /// A round that ends after the node was marked down forgets nothing,
+    /// not even what it covered: the next round starts from it.
+    #[test]
+    fn a_round_ended_after_a_mark_down_forgets_nothing() {
+        let mut m = Lifecycle::new();
+        m.step(Event::Connected);
+        m.step(Event::WritesMissed { since: 100 });
+        m.step(Event::Failed { guess: 50 });
+        m.step(Event::WritesMissed { since: 120 });
+        assert!(m.step(Event::Synced { covered: Some(100) }).is_empty());
+        assert_eq!(m.missed(), Some(100));
+        assert_eq!(m.state(), Down);
     }
 }
