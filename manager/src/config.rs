@@ -148,6 +148,15 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_ETCD_KEY", requires = "etcd_cert")]
     pub etcd_key: Option<std::path::PathBuf>,
 
+    /// etcd user (etcd's auth enabled): with --etcd-password-file.
+    #[arg(long, env = "MANAGER_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+
+    /// File holding the etcd user's password (a mounted Secret, say; one
+    /// trailing newline is ignored).
+    #[arg(long, env = "MANAGER_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<std::path::PathBuf>,
+
     /// PEM certificate chain this manager presents to the data nodes (for
     /// nodes started with --tls-client-ca).
     #[arg(
@@ -258,6 +267,20 @@ impl ManagerOptions {
             ringcache_common::tls::ALPN_HTTP,
         )
         .map(Some)
+    }
+
+    /// The etcd user and password, if --etcd-user is given.
+    pub fn etcd_user(&self) -> Result<Option<(String, String)>, String> {
+        let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("--etcd-password-file {}: {e}", file.display()))?;
+        let password = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        Ok(Some((user.clone(), password.to_string())))
     }
 
     /// TLS to etcd, if --etcd-ca is given.

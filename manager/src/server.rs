@@ -43,6 +43,8 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] ringcache_common::tls::TlsError),
+    #[error("{0}")]
+    EtcdUser(String),
 }
 
 /// Serves the manager's HTTP API on `listener` until `shutdown` completes,
@@ -129,6 +131,7 @@ async fn run(
             &prefix,
             opts.node_timeout.max(ETCD_TIMEOUT),
             tls,
+            opts.etcd_user().map_err(ServeError::EtcdUser)?,
         )?)
     };
     ringcache_common::tls::spawn_reloader(reload, opts.tls_reload_interval, token.clone());

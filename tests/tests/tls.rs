@@ -494,3 +494,87 @@ async fn the_placement_lives_in_an_etcd_served_over_mtls() {
     let r = ringcache_tests::Api::new(&refused).set("k", "w").await;
     assert_eq!(r.status, 503, "{}", r.text());
 }
+
+/// `etcdctl` (Debian's etcd-client) against `url`.
+fn etcdctl(url: &str, args: &[&str]) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .args(args)
+        .output()
+        .expect("etcdctl runs (Debian's etcd-client; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_etcd, ignore = "etcd is not installed")]
+async fn managers_authenticate_to_an_etcd_with_auth_enabled() {
+    let etcd = Proc::etcd("etcd");
+    let url = etcd.grpc_uri();
+    etcdctl(
+        &url,
+        &[
+            "user",
+            "add",
+            "root",
+            "--new-user-password=rootpw",
+            "--interactive=false",
+        ],
+    );
+    etcdctl(&url, &["user", "grant-role", "root", "root"]);
+    etcdctl(&url, &["auth", "enable"]);
+    let dir = std::env::temp_dir().join(format!("ringcache-etcd-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    std::fs::write(&good, "rootpw\n").expect("write");
+    std::fs::write(&bad, "wrong\n").expect("write");
+    let nodes: Vec<Proc> = (1..=3)
+        .map(|i| Proc::datanode(&format!("node{i}"), &[]))
+        .collect();
+    let list: Vec<String> = nodes.iter().map(Proc::grpc_uri).collect();
+    let manager = Proc::manager_at(
+        "manager",
+        &list,
+        &[
+            "--etcd",
+            &url,
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &s(&good),
+        ],
+    );
+    let api = ringcache_tests::Api::new(&manager);
+    assert!(api.await_members(&["node1", "node2", "node3"]).await > 0);
+    api.await_all_up().await;
+    assert_eq!(api.set("k", "v").await.status, 201);
+    // The wrong password gets no placement: nothing is served.
+    let refused = Proc::manager_at(
+        "refused",
+        &list,
+        &[
+            "--etcd",
+            &url,
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &s(&bad),
+            "--node-timeout",
+            "500ms",
+        ],
+    );
+    let r = ringcache_tests::Api::new(&refused).set("k", "w").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    // And says why.
+    ringcache_tests::wait_for("the refusal in the log", || {
+        refused
+            .log_text()
+            .contains("etcd refused user")
+            .then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,9 +12,10 @@
 use std::time::Duration;
 
 use ringcache_proto::etcd::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient,
-    watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
+    watch_client::WatchClient, watch_request, AuthenticateRequest, Compare, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use ringcache_common::tls::ClientTls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Why talking to etcd failed.
@@ -37,7 +39,88 @@ pub enum EtcdError {
     WatchEnded,
     #[error("etcd lease {0} expired")]
     LeaseLost(i64),
+    #[error("etcd refused user {user:?}: {status}")]
+    Auth { user: String, status: tonic::Status },
 }
+
+/// etcd's auth token, sent as `token` metadata with every call once
+/// `Authenticate` gave one.
+#[derive(Clone, Default)]
+struct Token(Arc<std::sync::RwLock<Option<tonic::metadata::AsciiMetadataValue>>>);
+
+impl Token {
+    fn get(&self) -> Option<tonic::metadata::AsciiMetadataValue> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, v: Option<tonic::metadata::AsciiMetadataValue>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+}
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = self.get() {
+            req.metadata_mut().insert("token", t);
+        }
+        Ok(req)
+    }
+}
+
+/// User and password for etcd's auth, and the token they were given.
+#[derive(Clone)]
+struct Auth {
+    client: AuthClient<Channel>,
+    user: String,
+    password: String,
+    token: Token,
+    /// One `Authenticate` at a time.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Auth {
+    /// A token, asking etcd for one if there is none.
+    async fn ensure(&self, timeout: Duration) -> Result<(), EtcdError> {
+        if self.token.get().is_some() {
+            return Ok(());
+        }
+        let _one = self.lock.lock().await;
+        if self.token.get().is_some() {
+            return Ok(());
+        }
+        let mut client = self.client.clone();
+        let req = AuthenticateRequest {
+            name: self.user.clone(),
+            password: self.password.clone(),
+        };
+        let r = match tokio::time::timeout(timeout, client.authenticate(req)).await {
+            Ok(r) => r.map_err(|status| EtcdError::Auth {
+                user: self.user.clone(),
+                status,
+            })?,
+            Err(_) => return Err(EtcdError::Timeout(timeout)),
+        };
+        let token = r.into_inner().token.parse().map_err(|_| EtcdError::Auth {
+            user: self.user.clone(),
+            status: tonic::Status::internal("etcd gave a token that is not ASCII"),
+        })?;
+        self.token.set(Some(token));
+        Ok(())
+    }
+
+    /// Whether `status` says the token is missing or no longer valid (it
+    /// expired, or etcd restarted): the next call authenticates again.
+    fn rejected(&self, status: &tonic::Status) {
+        let m = status.message();
+        if status.code() == tonic::Code::Unauthenticated
+            || m.contains("auth token")
+            || m.contains("user name is empty")
+        {
+            self.token.set(None);
+        }
+    }
+}
+
+type Intercepted = InterceptedService<Channel, Token>;
 
 /// Connects to the first etcd endpoint that answers, over TLS, starting
 /// with the one that answered last: tonic's balancing cannot take a
@@ -116,9 +199,10 @@ pub struct Stored {
 /// (one HTTP/2 connection shared by every call).
 #[derive(Clone)]
 pub struct Etcd {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
-    lease: LeaseClient<Channel>,
+    kv: KvClient<Intercepted>,
+    watch: WatchClient<Intercepted>,
+    lease: LeaseClient<Intercepted>,
+    auth: Option<Auth>,
     prefix: String,
     timeout: Duration,
 }
@@ -133,6 +217,7 @@ impl Etcd {
         prefix: &str,
         timeout: Duration,
         tls: Option<Arc<ClientTls>>,
+        user: Option<(String, String)>,
     ) -> Result<Self, EtcdError> {
         let mut eps = Vec::with_capacity(endpoints.len());
         for e in endpoints {
@@ -167,10 +252,18 @@ impl Etcd {
             }
             None => Channel::balance_list(eps.into_iter()),
         };
+        let token = Token::default();
         Ok(Self {
-            kv: KvClient::new(channel.clone()),
-            watch: WatchClient::new(channel.clone()),
-            lease: LeaseClient::new(channel),
+            auth: user.map(|(user, password)| Auth {
+                client: AuthClient::new(channel.clone()),
+                user,
+                password,
+                token: token.clone(),
+                lock: Arc::new(tokio::sync::Mutex::new(())),
+            }),
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()),
+            watch: WatchClient::with_interceptor(channel.clone(), token.clone()),
+            lease: LeaseClient::with_interceptor(channel, token),
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout,
         })
@@ -185,8 +278,19 @@ impl Etcd {
         &self,
         fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, EtcdError> {
+        // The call's interceptor reads the token when it is first polled,
+        // after this.
+        if let Some(auth) = &self.auth {
+            auth.ensure(self.timeout).await?;
+        }
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => Ok(r?.into_inner()),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => {
+                if let Some(auth) = &self.auth {
+                    auth.rejected(&status);
+                }
+                Err(status.into())
+            }
             Err(_) => Err(EtcdError::Timeout(self.timeout)),
         }
     }
