@@ -356,3 +356,64 @@ fn subscribe_streams_invalidations() {
         .expect("a status event");
     assert_eq!(status["nodeId"], "grpcurl-inval", "{status}");
 }
+
+/// A TLS data node with certificates from `deploy/dev-certs.sh`, driven as
+/// the README shows: grpcurl with `-cacert`, `-cert` and `-key`.
+#[test]
+#[cfg_attr(no_grpcurl, ignore = "grpcurl is not installed")]
+fn grpcurl_reaches_a_tls_node_with_a_client_certificate() {
+    let g = grpcurl();
+    let dir = std::env::temp_dir().join(format!("ringcache-grpcurl-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let made = Command::new("bash")
+        .arg(root.join("deploy/dev-certs.sh"))
+        .arg(&dir)
+        .output()
+        .expect("bash runs deploy/dev-certs.sh (needs openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let f = |name: &str| dir.join(name).display().to_string();
+    let node = Proc::datanode(
+        "grpcurl-tls",
+        &[
+            "--tls-cert",
+            &f("node.pem"),
+            "--tls-key",
+            &f("node.key"),
+            "--tls-client-ca",
+            &f("ca.pem"),
+        ],
+    );
+    let addr = node.addr.to_string();
+    // grpcurl [flags] -cacert ... [-cert -key] addr [method]
+    let tls = |with_cert: bool, flags: &[&str], args: &[&str]| {
+        let (ca, cert, key) = (f("ca.pem"), f("client.pem"), f("client.key"));
+        let mut all: Vec<&str> = vec!["-connect-timeout", "5", "-max-time", "15", "-cacert", &ca];
+        all.extend(flags);
+        if with_cert {
+            all.extend(["-cert", cert.as_str(), "-key", key.as_str()]);
+        }
+        all.push(&addr);
+        all.extend(args);
+        Running::start(&g, &all).finish()
+    };
+    let out = tls(true, &[], &["list"]).ok("list over TLS");
+    assert!(out.stdout.contains(SVC), "{}", out.stdout);
+    let stats = format!("{SVC}/Stats");
+    let out = tls(true, &["-d", "{}"], &[&stats]).ok("Stats over TLS");
+    assert_eq!(out.message()["nodeId"], "grpcurl-tls");
+    let out = tls(true, &[], &["grpc.health.v1.Health/Check"]).ok("health over TLS");
+    assert_eq!(out.message()["status"], "SERVING");
+    // Without a client certificate the node refuses the handshake.
+    let out = tls(false, &[], &["list"]);
+    assert!(
+        !out.status.success(),
+        "answered without a client certificate:\n{}",
+        out.stdout
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
