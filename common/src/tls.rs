@@ -337,6 +337,61 @@ pub fn server_name(host: &str) -> std::io::Result<ServerName<'static>> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}")))
 }
 
+/// A server configuration from optional flags: `None` without a
+/// certificate (plain text).
+pub fn load_server(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: Option<&PathBuf>,
+    alpn: &[&[u8]],
+) -> Result<Option<Arc<ServerTls>>, TlsError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let files = ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: client_ca.cloned(),
+    };
+    ServerTls::load(files, alpn).map(Some)
+}
+
+/// A client configuration from optional flags: `None` without a CA.
+pub fn load_client(
+    ca: Option<&PathBuf>,
+    identity: Option<(&PathBuf, &PathBuf)>,
+    server_name: Option<String>,
+    alpn: &[&[u8]],
+) -> Result<Option<Arc<ClientTls>>, TlsError> {
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    let files = ClientFiles {
+        ca: ca.clone(),
+        identity: identity.map(|(c, k)| (c.clone(), k.clone())),
+        server_name,
+    };
+    ClientTls::load(files, alpn).map(Some)
+}
+
+/// The configurations among `server` and `clients` that are on, to re-read.
+pub fn reloadable(
+    server: Option<&Arc<ServerTls>>,
+    clients: &[Option<&Arc<ClientTls>>],
+) -> Vec<Arc<dyn Reload>> {
+    let mut out: Vec<Arc<dyn Reload>> = Vec::new();
+    if let Some(s) = server {
+        out.push(s.clone());
+    }
+    out.extend(
+        clients
+            .iter()
+            .flatten()
+            .map(|c| (*c).clone() as Arc<dyn Reload>),
+    );
+    out
+}
+
 /// Something whose TLS files are re-read now and then.
 pub trait Reload: Send + Sync {
     fn reload_if_changed(&self) -> Result<bool, TlsError>;
@@ -422,30 +477,54 @@ pub fn accept(
 
 /// A gRPC channel connector over TLS (`Endpoint::connect_with_connector`):
 /// each (re)connection handshakes with the configuration current then,
-/// verifying the server's certificate for the host of the endpoint's URI.
+/// verifying the server's certificate for the host it connects to.
 #[derive(Clone)]
 pub struct GrpcConnector {
     tls: Arc<ClientTls>,
+    /// Hosts tried in turn instead of the endpoint's URI, from the one that
+    /// answered last (tonic balances only with its own connector).
+    failover: Option<Arc<Failover>>,
+}
+
+/// The targets of [`GrpcConnector::failover`].
+struct Failover {
+    targets: Vec<(String, u16)>,
+    /// The one that answered last.
+    next: std::sync::atomic::AtomicUsize,
+    /// Longest a target may take to connect before the next is tried.
+    each: Duration,
 }
 
 impl GrpcConnector {
+    /// Connects to the endpoint's host and port.
     pub fn new(tls: Arc<ClientTls>) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            failover: None,
+        }
+    }
+
+    /// Connects to the first of `targets` that answers within `each`,
+    /// starting with the one that answered last; the endpoint's URI is
+    /// ignored.
+    pub fn failover(tls: Arc<ClientTls>, targets: Vec<(String, u16)>, each: Duration) -> Self {
+        Self {
+            tls,
+            failover: Some(Arc::new(Failover {
+                targets,
+                next: std::sync::atomic::AtomicUsize::new(0),
+                each,
+            })),
+        }
     }
 }
 
-type Connecting = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = std::io::Result<
-                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-                >,
-            > + Send,
-    >,
->;
+type Connected = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Connected>> + Send>>;
 
 impl tower::Service<http::Uri> for GrpcConnector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = Connected;
     type Error = std::io::Error;
     type Future = Connecting;
 
@@ -457,13 +536,41 @@ impl tower::Service<http::Uri> for GrpcConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        use std::sync::atomic::Ordering;
+        let (tls, failover) = (self.tls.clone(), self.failover.clone());
         Box::pin(async move {
-            let host = uri.host().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: no host"))
-            })?;
-            let port = uri.port_u16().unwrap_or(443);
-            Ok(hyper_util::rt::TokioIo::new(tls.connect(host, port).await?))
+            let Some(failover) = failover else {
+                let host = uri.host().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: no host"))
+                })?;
+                let port = uri.port_u16().unwrap_or(443);
+                return Ok(hyper_util::rt::TokioIo::new(tls.connect(host, port).await?));
+            };
+            let Failover {
+                targets,
+                next,
+                each,
+            } = &*failover;
+            let start = next.load(Ordering::Relaxed);
+            let mut last = None;
+            for k in 0..targets.len() {
+                let i = (start + k) % targets.len();
+                let (host, port) = &targets[i];
+                match tokio::time::timeout(*each, tls.connect(host, *port)).await {
+                    Ok(Ok(stream)) => {
+                        next.store(i, Ordering::Relaxed);
+                        return Ok(hyper_util::rt::TokioIo::new(stream));
+                    }
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        last = Some(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("{host}:{port}: no TLS connection within {each:?}"),
+                        ))
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("no target to connect to")))
         })
     }
 }

@@ -160,22 +160,17 @@ impl NodeOptions {
         &self,
     ) -> Result<Option<Arc<ringcache_common::tls::ServerTls>>, ringcache_common::tls::TlsError>
     {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        ringcache_common::tls::ServerTls::load(
-            ringcache_common::tls::ServerFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            },
+        ringcache_common::tls::load_server(
+            self.tls_cert.as_ref(),
+            self.tls_key.as_ref(),
+            self.tls_client_ca.as_ref(),
             ringcache_common::tls::ALPN_H2,
         )
-        .map(Some)
     }
 
-    /// The client side towards peers, if TLS is on: their CA, and this
-    /// node's own certificate as its identity.
+    /// The client side towards peers, if TLS is on: their CA (--tls-ca,
+    /// else --tls-client-ca), and this node's own certificate as its
+    /// identity. `None` without a CA: copies from TLS peers then fail.
     pub fn peer_tls(
         &self,
     ) -> Result<Option<Arc<ringcache_common::tls::ClientTls>>, ringcache_common::tls::TlsError>
@@ -183,20 +178,12 @@ impl NodeOptions {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        let Some(ca) = self.tls_ca.as_ref().or(self.tls_client_ca.as_ref()) else {
-            // Serving TLS without a CA for peers: copies from peers cannot
-            // verify them, so they fail (and say why) rather than go plain.
-            return Ok(None);
-        };
-        ringcache_common::tls::ClientTls::load(
-            ringcache_common::tls::ClientFiles {
-                ca: ca.clone(),
-                identity: Some((cert.clone(), key.clone())),
-                server_name: self.tls_peer_name.clone(),
-            },
+        ringcache_common::tls::load_client(
+            self.tls_ca.as_ref().or(self.tls_client_ca.as_ref()),
+            Some((cert, key)),
+            self.tls_peer_name.clone(),
             ringcache_common::tls::ALPN_H2,
         )
-        .map(Some)
     }
 
     pub fn store_config(&self) -> StoreConfig {

@@ -68,16 +68,11 @@ pub async fn serve(
     if server_tls.is_some() && peer_tls.is_none() {
         tracing::warn!("--tls-cert without --tls-ca or --tls-client-ca: copies from TLS peers (repair, warm-up, hand-off) cannot verify them and will fail");
     }
-    let reload: Vec<Arc<dyn ringcache_common::tls::Reload>> = server_tls
-        .iter()
-        .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>)
-        .chain(
-            peer_tls
-                .iter()
-                .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>),
-        )
-        .collect();
-    ringcache_common::tls::spawn_reloader(reload, opts.tls_reload_interval, token.clone());
+    ringcache_common::tls::spawn_reloader(
+        ringcache_common::tls::reloadable(server_tls.as_ref(), &[peer_tls.as_ref()]),
+        opts.tls_reload_interval,
+        token.clone(),
+    );
     let node = Node::new(&opts, id, token.clone(), peer_tls);
     tracing::info!(
         node = %node.id(),

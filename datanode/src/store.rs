@@ -191,8 +191,13 @@ impl HashRanges {
                 spans.push((0, end));
             }
         }
+        Self::merged(spans)
+    }
+
+    /// Sorted, with overlapping and adjacent spans merged, so a lookup
+    /// checks just one.
+    fn merged(mut spans: Vec<(u64, u64)>) -> Self {
         spans.sort_unstable();
-        // Merge overlapping and adjacent spans, so a lookup checks just one.
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
         for (s, e) in spans {
             match merged.last_mut() {
@@ -217,16 +222,7 @@ impl HashRanges {
 
     /// Every hash in either.
     fn union(&self, other: &HashRanges) -> HashRanges {
-        let mut spans: Vec<(u64, u64)> = self.spans.iter().chain(&other.spans).copied().collect();
-        spans.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
-        for (s, e) in spans {
-            match merged.last_mut() {
-                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        HashRanges { spans: merged }
+        Self::merged(self.spans.iter().chain(&other.spans).copied().collect())
     }
 }
 

@@ -255,18 +255,12 @@ impl ManagerOptions {
         &self,
     ) -> Result<Option<Arc<ringcache_common::tls::ServerTls>>, ringcache_common::tls::TlsError>
     {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        ringcache_common::tls::ServerTls::load(
-            ringcache_common::tls::ServerFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            },
+        ringcache_common::tls::load_server(
+            self.tls_cert.as_ref(),
+            self.tls_key.as_ref(),
+            self.tls_client_ca.as_ref(),
             ringcache_common::tls::ALPN_HTTP,
         )
-        .map(Some)
     }
 
     /// The etcd user and password, if --etcd-user is given.
@@ -288,22 +282,12 @@ impl ManagerOptions {
         &self,
     ) -> Result<Option<Arc<ringcache_common::tls::ClientTls>>, ringcache_common::tls::TlsError>
     {
-        let Some(ca) = &self.etcd_ca else {
-            return Ok(None);
-        };
-        let identity = match (&self.etcd_cert, &self.etcd_key) {
-            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-            _ => None,
-        };
-        ringcache_common::tls::ClientTls::load(
-            ringcache_common::tls::ClientFiles {
-                ca: ca.clone(),
-                identity,
-                server_name: None,
-            },
+        ringcache_common::tls::load_client(
+            self.etcd_ca.as_ref(),
+            self.etcd_cert.as_ref().zip(self.etcd_key.as_ref()),
+            None,
             ringcache_common::tls::ALPN_H2,
         )
-        .map(Some)
     }
 
     /// TLS to the data nodes, if --node-tls-ca is given.
@@ -311,22 +295,12 @@ impl ManagerOptions {
         &self,
     ) -> Result<Option<Arc<ringcache_common::tls::ClientTls>>, ringcache_common::tls::TlsError>
     {
-        let Some(ca) = &self.node_tls_ca else {
-            return Ok(None);
-        };
-        let identity = match (&self.node_tls_cert, &self.node_tls_key) {
-            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-            _ => None,
-        };
-        ringcache_common::tls::ClientTls::load(
-            ringcache_common::tls::ClientFiles {
-                ca: ca.clone(),
-                identity,
-                server_name: self.node_tls_name.clone(),
-            },
+        ringcache_common::tls::load_client(
+            self.node_tls_ca.as_ref(),
+            self.node_tls_cert.as_ref().zip(self.node_tls_key.as_ref()),
+            self.node_tls_name.clone(),
             ringcache_common::tls::ALPN_H2,
         )
-        .map(Some)
     }
 }
 

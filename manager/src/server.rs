@@ -96,16 +96,15 @@ async fn run(
     let mut connect = Connect::from_options(opts);
     connect.tls = opts.node_tls()?;
     let server_tls = opts.server_tls()?;
-    let mut reload: Vec<Arc<dyn ringcache_common::tls::Reload>> = server_tls
-        .iter()
-        .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>)
-        .chain(
-            connect
-                .tls
-                .iter()
-                .map(|t| t.clone() as Arc<dyn ringcache_common::tls::Reload>),
-        )
-        .collect();
+    let etcd_tls = opts.etcd_tls()?;
+    ringcache_common::tls::spawn_reloader(
+        ringcache_common::tls::reloadable(
+            server_tls.as_ref(),
+            &[connect.tls.as_ref(), etcd_tls.as_ref()],
+        ),
+        opts.tls_reload_interval,
+        token.clone(),
+    );
     for (id, a) in &addrs {
         if !seen.insert(a.as_str()) {
             return Err(ServeError::DuplicateNode(a.clone()));
@@ -122,19 +121,14 @@ async fn run(
         None
     } else {
         let prefix = format!("/ringcache/{}", opts.cluster_name);
-        let tls = opts.etcd_tls()?;
-        if let Some(tls) = &tls {
-            reload.push(tls.clone() as Arc<dyn ringcache_common::tls::Reload>);
-        }
         Some(Etcd::new(
             &opts.etcd,
             &prefix,
             opts.node_timeout.max(ETCD_TIMEOUT),
-            tls,
+            etcd_tls,
             opts.etcd_user().map_err(ServeError::EtcdUser)?,
         )?)
     };
-    ringcache_common::tls::spawn_reloader(reload, opts.tls_reload_interval, token.clone());
     let replicas = match store {
         // Nodes come and go: the ring takes min(replicas, nodes) itself.
         Some(_) => opts.replicas.unwrap_or(2),

@@ -17,7 +17,6 @@ use ringcache_proto::etcd::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchRequest,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ringcache_common::tls::ClientTls;
@@ -122,59 +121,6 @@ impl Auth {
 
 type Intercepted = InterceptedService<Channel, Token>;
 
-/// Connects to the first etcd endpoint that answers, over TLS, starting
-/// with the one that answered last: tonic's balancing cannot take a
-/// connector of ours (which re-reads the certificates at each connection).
-#[derive(Clone)]
-struct Failover {
-    tls: Arc<ClientTls>,
-    targets: Arc<Vec<(String, u16)>>,
-    next: Arc<AtomicUsize>,
-    timeout: Duration,
-}
-
-type Connected = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-
-impl tower::Service<http::Uri> for Failover {
-    type Response = Connected;
-    type Error = std::io::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Connected>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let start = this.next.load(Ordering::Relaxed);
-            let mut last = None;
-            for k in 0..this.targets.len() {
-                let i = (start + k) % this.targets.len();
-                let (host, port) = &this.targets[i];
-                match tokio::time::timeout(this.timeout, this.tls.connect(host, *port)).await {
-                    Ok(Ok(stream)) => {
-                        this.next.store(i, Ordering::Relaxed);
-                        return Ok(hyper_util::rt::TokioIo::new(stream));
-                    }
-                    Ok(Err(e)) => last = Some(e),
-                    Err(_) => {
-                        last = Some(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("{host}:{port}: no TLS connection within {:?}", this.timeout),
-                        ))
-                    }
-                }
-            }
-            Err(last.unwrap_or_else(|| std::io::Error::other("no etcd endpoint")))
-        })
-    }
-}
-
 /// The end of the key range of every key starting with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -243,12 +189,9 @@ impl Etcd {
                         (host, uri.port_u16().unwrap_or(2379))
                     })
                     .collect();
-                eps[0].connect_with_connector_lazy(Failover {
-                    tls,
-                    targets: Arc::new(targets),
-                    next: Arc::new(AtomicUsize::new(0)),
-                    timeout,
-                })
+                eps[0].connect_with_connector_lazy(ringcache_common::tls::GrpcConnector::failover(
+                    tls, targets, timeout,
+                ))
             }
             None => Channel::balance_list(eps.into_iter()),
         };
