@@ -1434,41 +1434,35 @@ mod tests {
     #[tokio::test]
     async fn a_delayed_older_write_does_not_refill_a_pruned_range_but_a_copy_does() {
         let s = store(1 << 20, None, 4);
-        let w = |key, version, value: &'static [u8]| Write {
-            key,
-            value: Some(value),
-            ttl: None,
-            version,
-        };
         assert!(matches!(
-            s.apply(w("k", 50, b"new")),
+            s.apply(w("k", Some(b"new"), 50)),
             Ok(Outcome::Applied { .. })
         ));
         assert!(matches!(
-            s.apply(w("other", 10, b"x")),
+            s.apply(w("other", Some(b"x"), 10)),
             Ok(Outcome::Applied { .. })
         ));
         s.prune(&HashRanges::all());
         // An older write of k, delayed in the network, arrives after the
         // prune: served, it would be an older value than the one dropped.
         assert_eq!(
-            s.apply(w("k", 40, b"old")),
+            s.apply(w("k", Some(b"old"), 40)),
             Ok(Outcome::Superseded { version: 50 })
         );
         assert!(s.get("k").is_none());
         // The copy that refills the range brings what the peer holds, even
         // below the prune's floor.
         assert!(matches!(
-            s.apply_copy(w("other", 10, b"x")),
+            s.apply_copy(w("other", Some(b"x"), 10)),
             Ok(Outcome::Applied { .. })
         ));
         assert!(matches!(
-            s.apply_copy(w("k", 50, b"new")),
+            s.apply_copy(w("k", Some(b"new"), 50)),
             Ok(Outcome::Applied { .. })
         ));
         // Newer live writes are taken as always.
         assert!(matches!(
-            s.apply(w("k2", 60, b"v")),
+            s.apply(w("k2", Some(b"v"), 60)),
             Ok(Outcome::Applied { .. })
         ));
         assert_eq!(
@@ -1480,25 +1474,19 @@ mod tests {
     #[tokio::test]
     async fn a_copy_carries_the_source_floor_to_live_writes_only() {
         let s = store(1 << 20, None, 4);
-        let w = |key, version, value: &'static [u8]| Write {
-            key,
-            value: Some(value),
-            ttl: None,
-            version,
-        };
         // The source evicted "gone" at version 70: it says so with its
         // floor, and this node never held the key.
         s.raise_pruned_floor(&HashRanges::all(), 70);
         assert_eq!(
-            s.apply(w("gone", 65, b"old")),
+            s.apply(w("gone", Some(b"old"), 65)),
             Ok(Outcome::Superseded { version: 70 })
         );
         assert!(matches!(
-            s.apply_copy(w("kept", 20, b"v")),
+            s.apply_copy(w("kept", Some(b"v"), 20)),
             Ok(Outcome::Applied { .. })
         ));
         assert!(matches!(
-            s.apply(w("gone", 71, b"new")),
+            s.apply(w("gone", Some(b"new"), 71)),
             Ok(Outcome::Applied { .. })
         ));
     }

@@ -121,22 +121,35 @@ fn tls_nodes(pki: &Pki, extra: &[&str]) -> Vec<Proc> {
         .collect()
 }
 
-/// A gRPC client of `node` over TLS with a certificate from `pki`.
-fn grpc(pki: &Pki, node: &Proc) -> pb::data_node_client::DataNodeClient<tonic::transport::Channel> {
-    let (cert, key) = pki.issue("grpc-client", "test client");
-    let tls = ClientTls::load(
+/// A TLS client trusting `pki`'s CA, with a certificate from it when
+/// `with_cert`.
+fn client_tls(pki: &Pki, with_cert: bool) -> Arc<ClientTls> {
+    let identity = with_cert.then(|| pki.issue("grpc-client", "test client"));
+    ClientTls::load(
         ClientFiles {
             ca: pki.ca(),
-            identity: Some((cert, key)),
+            identity,
             server_name: None,
         },
         ALPN_H2,
     )
-    .expect("client TLS");
+    .expect("client TLS")
+}
+
+/// A gRPC client of `node` over `tls`, connecting lazily.
+fn grpc_with(
+    tls: Arc<ClientTls>,
+    node: &Proc,
+) -> pb::data_node_client::DataNodeClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(node.grpc_uri())
         .expect("uri")
         .connect_with_connector_lazy(GrpcConnector::new(tls));
     pb::data_node_client::DataNodeClient::new(channel)
+}
+
+/// A gRPC client of `node` over TLS with a certificate from `pki`.
+fn grpc(pki: &Pki, node: &Proc) -> pb::data_node_client::DataNodeClient<tonic::transport::Channel> {
+    grpc_with(client_tls(pki, true), node)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,19 +259,7 @@ async fn a_manager_reaches_tls_nodes_over_mtls_and_serves_https() {
         .expect("stats over mTLS");
     assert_eq!(stats.into_inner().node_id, "node1");
     // ...and refuses one without a certificate.
-    let no_cert = ClientTls::load(
-        ClientFiles {
-            ca: pki.ca(),
-            identity: None,
-            server_name: None,
-        },
-        ALPN_H2,
-    )
-    .expect("client TLS");
-    let channel = tonic::transport::Endpoint::from_shared(nodes[0].grpc_uri())
-        .expect("uri")
-        .connect_with_connector_lazy(GrpcConnector::new(no_cert));
-    let r = pb::data_node_client::DataNodeClient::new(channel)
+    let r = grpc_with(client_tls(&pki, false), &nodes[0])
         .stats(pb::StatsRequest {})
         .await;
     assert!(r.is_err(), "a node answered a client without a certificate");
@@ -336,7 +337,7 @@ async fn a_restarted_tls_node_warms_up_from_its_peers_over_tls() {
 async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
     let pki = Pki::new("rotate");
     let (cert, key) = pki.issue("node", "first");
-    let (cert_s, key_s, ca) = (s(&cert), s(&key), s(&pki.ca()));
+    let (cert_s, key_s) = (s(&cert), s(&key));
     let node = Proc::datanode(
         "node1",
         &[
@@ -348,15 +349,7 @@ async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
             "200ms",
         ],
     );
-    let client = ClientTls::load(
-        ClientFiles {
-            ca: pki.ca(),
-            identity: None,
-            server_name: None,
-        },
-        ALPN_H2,
-    )
-    .expect("client TLS");
+    let client = client_tls(&pki, false);
     let port = node.addr.port();
     let served_cn = |client: Arc<ClientTls>| async move {
         let stream = client.connect("127.0.0.1", port).await.ok()?;
@@ -372,23 +365,9 @@ async fn rotated_certificates_are_used_by_new_connections_without_a_restart() {
         Some(cn)
     };
     assert_eq!(served_cn(client.clone()).await.as_deref(), Some("first"));
-    // An open gRPC connection made before the rotation keeps working.
-    let (gcert, gkey) = pki.issue("grpc-client", "test client");
-    let tls = ClientTls::load(
-        ClientFiles {
-            ca: PathBuf::from(&ca),
-            identity: Some((gcert, gkey)),
-            server_name: None,
-        },
-        ALPN_H2,
-    )
-    .expect("client TLS");
-    let channel = tonic::transport::Endpoint::from_shared(node.grpc_uri())
-        .expect("uri")
-        .connect_with_connector(GrpcConnector::new(tls))
-        .await
-        .expect("connect");
-    let mut open = pb::data_node_client::DataNodeClient::new(channel);
+    // An open gRPC connection made before the rotation keeps working (a
+    // lazy channel connects at its first call, here).
+    let mut open = grpc(&pki, &node);
     open.stats(pb::StatsRequest {}).await.expect("stats");
 
     pki.issue("node", "second");
