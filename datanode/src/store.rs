@@ -298,7 +298,7 @@ impl Shard {
     /// A live write at `version` of absent key `key` is older than what a
     /// prune dropped there. Equal is allowed: only the dropped entry itself
     /// has the floor's version (versions are unique per write), so taking
-    /// it back (a read repair) is safe.
+    /// it back (a delayed copy of that very write) is safe.
     fn below_pruned(&self, key: &str, version: u64) -> Option<u64> {
         if self.pruned.is_empty() {
             return None;

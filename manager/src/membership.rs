@@ -266,22 +266,38 @@ pub(crate) fn follow(
 /// after a restart, a peer holds a dirty mark for it, or this manager saw it
 /// miss writes), copies what it lacks from its peers first. A node with
 /// nothing to repair is admitted as it is: starting a manager empties
-/// nothing.
+/// nothing. A node that holds data waits until every peer has answered
+/// for its marks: a mark on a peer that is down or stalled may be the
+/// only record that the node missed writes (issue 20: with the node
+/// stalled, its writes' manager restarted and its peers stalled when it
+/// came back, it was admitted untouched and served the old values).
 async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
     let node = cluster.node(index);
     let id = node.id().ok_or("node id unknown")?;
     let mut pause = REPAIR_PAUSE_MIN;
+    let mut waited = false;
     loop {
         let state = node.client.stats().await.map_err(|e| e.to_string())?;
         let sync = state.sync.unwrap_or_default();
         let local = node.missed_since();
-        let marks = peer_marks(cluster, index, &id).await;
+        let PeerMarks { marks, unanswered } = peer_marks(cluster, index, &id).await;
         let since = marks
             .iter()
             .map(|m| m.1.since)
             .chain(local)
             .chain(sync.syncing.then_some(sync.since))
             .min();
+        // A fresh instance (since 0) holds nothing a mark could be about.
+        if !unanswered.is_empty() && since != Some(0) {
+            if !waited {
+                waited = true;
+                tracing::warn!(node = %id, ?unanswered,
+                    "not admitted until these peers answer for their dirty marks");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REPAIR_PAUSE_MAX);
+            continue;
+        }
         let Some(since) = since else {
             if missed_during(&node, None) {
                 continue;
@@ -303,7 +319,22 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
                 .clear_mark(&id, mark.generation)
                 .await;
         }
-        if !peer_marks(cluster, index, &id).await.is_empty() || missed_during(&node, Some(since)) {
+        // Every peer must answer for its marks before admission (a fresh
+        // instance's round, from 0, excepted): wait for them rather than
+        // run the round again (each round drops the ranges shared with a
+        // peer that is down, writes taken since included).
+        let mut after = peer_marks(cluster, index, &id).await;
+        while since > 0 && !after.unanswered.is_empty() {
+            if !waited {
+                waited = true;
+                tracing::warn!(node = %id, unanswered = ?after.unanswered,
+                    "not admitted until these peers answer for their dirty marks");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REPAIR_PAUSE_MAX);
+            after = peer_marks(cluster, index, &id).await;
+        }
+        if !after.marks.is_empty() || missed_during(&node, Some(since)) {
             // A mark came (or stayed) meanwhile, or this manager saw the
             // node miss a write older than this round: another round from
             // it, after a pause that grows (writes of a manager cut off from
@@ -343,22 +374,35 @@ fn missed_during(node: &NodeHandle, local: Option<u64>) -> bool {
     }
 }
 
-/// Every dirty mark about `id` held by the other nodes, with the holder.
-async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> Vec<(usize, pb::DirtyMark)> {
+/// The dirty marks about a node that its peers hold.
+struct PeerMarks {
+    /// Each mark, with its holder.
+    marks: Vec<(usize, pb::DirtyMark)>,
+    /// The peers that did not answer: what they hold is unknown.
+    unanswered: Vec<usize>,
+}
+
+/// Every dirty mark about `id` held by the other nodes, with the holder;
+/// and which of them did not answer.
+async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> PeerMarks {
     let nodes = cluster.nodes();
     let peers: Vec<usize> = (0..nodes.len())
         .filter(|&i| i != index && !nodes[i].is_retired())
         .collect();
     let stats = futures::future::join_all(peers.iter().map(|&i| nodes[i].client.stats())).await;
-    let mut out = Vec::new();
+    let mut out = PeerMarks {
+        marks: Vec::new(),
+        unanswered: Vec::new(),
+    };
     for (&i, s) in peers.iter().zip(stats) {
-        if let Ok(s) = s {
-            out.extend(
+        match s {
+            Ok(s) => out.marks.extend(
                 s.marks
                     .into_iter()
                     .filter(|m| m.node_id == id)
                     .map(|m| (i, m)),
-            );
+            ),
+            Err(_) => out.unanswered.push(i),
         }
     }
     out
@@ -484,7 +528,10 @@ async fn await_trusted(cluster: &Cluster, index: usize) -> Result<(), String> {
         if sync.syncing && sync.since == 0 {
             return Ok(());
         }
-        if !sync.syncing && peer_marks(cluster, index, &id).await.is_empty() {
+        // A peer that does not answer is not waited for here (a warm-up
+        // with one node down must go on); the source's own admission
+        // waited for every peer.
+        if !sync.syncing && peer_marks(cluster, index, &id).await.marks.is_empty() {
             return Ok(());
         }
         if !logged {

@@ -18,11 +18,14 @@
 //!   missing), nobody saw the write: sent again above a newer version.
 //!
 //! The status (created or updated, deleted or not found) is what a read
-//! just before the write would have said: from the first readable replica
-//! in read order that held the key (a miss falls over, as reads do). Another replica may hold the
-//! first attempt of a write that was then sent again above ours, a version
-//! no reader saw in that place. A replica's answer to the first attempt it
-//! applied counts (later attempts replace this write's own earlier one).
+//! just before the write would have said: the first readable replica in
+//! read order decides, as it does for reads (a miss there is final, not
+//! passed to the next replica). Another replica may hold the first attempt
+//! of a write that was then sent again above ours, a version no reader saw
+//! in that place. A replica's answer to the last attempt it applied counts,
+//! and where that attempt replaced this write's own earlier attempt, what
+//! the earlier one replaced: between two attempts a newer write may have
+//! landed above the first (and the second then replaced it).
 //! When no readable replica took the write, the replica that replaced the
 //! newest version decides.
 
@@ -44,12 +47,24 @@ pub enum Next {
     Nothing,
 }
 
+/// One replica's answer to one attempt it applied.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    replica: usize,
+    /// Its place in the key's read order.
+    reader: Option<usize>,
+    /// The attempt's version.
+    version: u64,
+    applied: Applied,
+}
+
 /// The answers of one write's replicas over its attempts.
 #[derive(Debug, Default)]
 pub struct WriteRound {
-    /// Each replica's answer to the first attempt it applied, with its
-    /// place in the read order.
-    first: Vec<(usize, Option<usize>, Applied)>,
+    /// The version of the attempt under way.
+    version: u64,
+    /// Every attempt a replica applied, oldest first.
+    answers: Vec<Answer>,
     /// A replica held something newer than this attempt.
     superseded: bool,
     /// This attempt's first readable read replica: (its place in the read
@@ -58,8 +73,9 @@ pub struct WriteRound {
 }
 
 impl WriteRound {
-    /// A new attempt begins.
-    pub fn attempt(&mut self) {
+    /// A new attempt begins, with a version newer than the previous ones.
+    pub fn attempt(&mut self, version: u64) {
+        self.version = version;
         self.superseded = false;
         self.front = None;
     }
@@ -68,9 +84,12 @@ impl WriteRound {
     /// key's read order (`None`: not read from, e.g. a node joining).
     pub fn applied(&mut self, replica: usize, reader: Option<usize>, a: Applied) {
         self.answered(replica, reader, a.readable, true);
-        if !self.first.iter().any(|&(r, ..)| r == replica) {
-            self.first.push((replica, reader, a));
-        }
+        self.answers.push(Answer {
+            replica,
+            reader,
+            version: self.version,
+            applied: a,
+        });
     }
 
     /// The replica holds something newer than the attempt.
@@ -90,7 +109,32 @@ impl WriteRound {
 
     /// Whether some replica took any attempt.
     pub fn taken(&self) -> bool {
-        !self.first.is_empty()
+        !self.answers.is_empty()
+    }
+
+    /// Each replica's last applied attempt, with what it replaced before
+    /// this write: where the attempt replaced one of this write's own
+    /// earlier attempts on that replica, what that one replaced.
+    fn effective(&self) -> Vec<(Option<usize>, Applied)> {
+        let mut out: Vec<(usize, Option<usize>, Applied)> = Vec::new();
+        for (n, last) in self.answers.iter().enumerate().rev() {
+            if out.iter().any(|&(r, ..)| r == last.replica) {
+                continue;
+            }
+            let mut a = last.applied;
+            let earlier = &self.answers[..n];
+            while let Some(own) = earlier
+                .iter()
+                .find(|e| e.replica == last.replica && e.version == a.prior && a.prior != 0)
+            {
+                a = Applied {
+                    readable: a.readable,
+                    ..own.applied
+                };
+            }
+            out.push((last.replica, last.reader, a));
+        }
+        out.into_iter().map(|(_, reader, a)| (reader, a)).collect()
     }
 
     /// After an attempt's answers: send again, or answer.
@@ -110,35 +154,22 @@ impl WriteRound {
     }
 
     /// Whether the write replaced a live value, as a read just before it
-    /// would have said: the readable read replicas in read order, where a
-    /// value or a tombstone is final and a replica that held nothing (it
-    /// evicted the key, or dropped it) falls over to the next. Without a
-    /// readable replica, the one that replaced the newest version decides.
+    /// would have said: the first readable read replica decides (one that
+    /// held nothing, having evicted or dropped the key, says "created", as
+    /// a read of it said "miss"). Without a readable replica, the one that
+    /// replaced the newest version decides.
     fn replaced(&self) -> Option<bool> {
-        if self.first.is_empty() {
-            return None;
-        }
-        let mut readers: Vec<(usize, &Applied)> = self
-            .first
+        let answers = self.effective();
+        if let Some((_, a)) = answers
             .iter()
-            .filter(|(.., a)| a.readable)
-            .filter_map(|(_, place, a)| place.map(|p| (p, a)))
-            .collect();
-        if !readers.is_empty() {
-            readers.sort_by_key(|&(p, _)| p);
-            return Some(
-                readers
-                    .iter()
-                    .find(|(_, a)| a.prior > 0)
-                    .is_some_and(|(_, a)| a.replaced),
-            );
+            .filter(|(_, a)| a.readable)
+            .filter_map(|&(place, a)| place.map(|p| (p, a)))
+            .min_by_key(|&(p, _)| p)
+        {
+            return Some(a.replaced);
         }
-        let newest = self.first.iter().map(|(.., a)| a.prior).max()?;
-        Some(
-            self.first
-                .iter()
-                .any(|(.., a)| a.prior == newest && a.replaced),
-        )
+        let newest = answers.iter().map(|(_, a)| a.prior).max()?;
+        Some(answers.iter().any(|(_, a)| a.prior == newest && a.replaced))
     }
 }
 
@@ -157,7 +188,7 @@ mod tests {
     #[test]
     fn every_replica_applied_answers_at_once() {
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(true, 5, true));
         w.applied(1, Some(1), applied(true, 5, true));
         assert_eq!(w.next(true), Next::Taken(true));
@@ -168,44 +199,52 @@ mod tests {
         // Replica 1 holds the first attempt of a delete that was then
         // sent again above this write: no reader saw it there.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(true, 5, true));
         w.applied(1, Some(1), applied(false, 7, true));
         assert_eq!(w.next(true), Next::Taken(true));
         // In either order of answers.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(1, Some(1), applied(true, 9, true));
         w.applied(0, Some(0), applied(false, 3, true));
         assert_eq!(w.next(true), Next::Taken(false));
     }
 
     #[test]
-    fn a_read_replica_that_held_nothing_falls_over_as_a_read_would() {
-        // Replica 0 evicted (or dropped) the key: a read would have
-        // returned replica 1's value.
+    fn a_read_replica_that_held_nothing_decides_as_a_read_of_it_would() {
+        // Replica 0 evicted (or dropped) the key: a read said "miss".
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(false, 0, true));
         w.applied(1, Some(1), applied(true, 5, true));
-        assert_eq!(w.next(true), Next::Taken(true));
-        // Nobody held it: created.
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
+    fn a_superseded_first_attempt_on_the_second_replica_decides_nothing() {
+        // Seen in the linearizability test at a fresh key: another write's
+        // first attempt reached replica 1 before this write, and replica 0
+        // after it (superseded there, it is sent again above this one).
+        // Replica 0 held nothing: no reader saw the other write, so this
+        // one created the key; answering "updated" (from replica 1) made
+        // both writes claim to replace the other.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
+        w.applied(1, Some(1), applied(true, 7, true));
         w.applied(0, Some(0), applied(false, 0, true));
-        w.applied(1, Some(1), applied(false, 0, true));
         assert_eq!(w.next(true), Next::Taken(false));
     }
 
     #[test]
     fn without_a_readable_replica_the_newest_replaced_version_decides() {
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(false, 7, false));
         w.applied(1, Some(1), applied(true, 5, false));
         assert_eq!(w.next(true), Next::Taken(false));
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(false, 3, false));
         w.applied(1, Some(1), applied(true, 9, false));
         assert_eq!(w.next(true), Next::Taken(true));
@@ -217,7 +256,7 @@ mod tests {
         // the newer write on replica 1 could bring it back after a newer
         // write was acknowledged.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.superseded(1, Some(1), true);
         w.applied(0, Some(0), applied(false, 0, true));
         assert_eq!(w.next(true), Next::Taken(false));
@@ -228,18 +267,21 @@ mod tests {
         // Readers see the newer write on replica 0; this one, applied on
         // replica 1 only, was seen by nobody.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(10);
         w.applied(1, Some(1), applied(false, 0, true));
         w.superseded(0, Some(0), true);
         assert_eq!(w.next(true), Next::Again);
         // The second attempt replaces the first one on replica 1 (prior =
         // the first attempt's version) and the newer value on replica 0:
-        // replica 1's first answer and replica 0's decide.
-        w.attempt();
+        // replica 1 counts as what its first attempt replaced (nothing).
+        w.attempt(13);
         w.applied(0, Some(0), applied(true, 12, true));
         w.applied(1, Some(1), applied(true, 10, true));
         assert_eq!(w.next(true), Next::Taken(true));
-        assert_eq!(w.first[0], (1, Some(1), applied(false, 0, true)));
+        assert!(!w
+            .effective()
+            .iter()
+            .any(|(p, a)| *p == Some(1) && a.replaced));
     }
 
     #[test]
@@ -247,13 +289,13 @@ mod tests {
         // Replica 0 is syncing (or lacks a lease): readers go to replica 1,
         // which holds something newer.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(false, 0, false));
         w.superseded(1, Some(1), true);
         assert_eq!(w.next(true), Next::Again);
         // Nobody reads either: sent again as well.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(0, Some(0), applied(false, 0, false));
         w.superseded(1, Some(1), false);
         assert_eq!(w.next(true), Next::Again);
@@ -263,7 +305,7 @@ mod tests {
     fn a_replica_outside_the_read_order_does_not_count_as_seen() {
         // A node joining takes writes but is not read from.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(2, None, applied(false, 0, true));
         w.superseded(0, Some(0), true);
         assert_eq!(w.next(true), Next::Again);
@@ -272,17 +314,17 @@ mod tests {
     #[test]
     fn superseded_everywhere_goes_again_until_no_attempt_is_left() {
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.superseded(0, Some(0), true);
         assert_eq!(w.next(true), Next::Again);
-        w.attempt();
+        w.attempt(100);
         w.superseded(0, Some(0), true);
         assert_eq!(w.next(false), Next::Overtaken);
         assert!(!w.taken());
         // Also when another replica took it: no reader saw it, and what it
         // replaced where readers look is unknown.
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         w.applied(1, Some(1), applied(true, 3, true));
         w.superseded(0, Some(0), true);
         assert_eq!(w.next(false), Next::Overtaken);
@@ -291,11 +333,11 @@ mod tests {
     #[test]
     fn the_front_is_decided_per_attempt() {
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(4);
         w.applied(0, Some(0), applied(false, 0, false));
         w.superseded(1, Some(1), true);
         assert_eq!(w.next(true), Next::Again);
-        w.attempt();
+        w.attempt(8);
         // The read replica answers reads again and took this attempt; a
         // newer write still beats it on replica 1.
         w.applied(0, Some(0), applied(true, 4, true));
@@ -304,9 +346,41 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_write_between_two_attempts_is_what_the_second_replaced() {
+        // Seen in the linearizability test, a node stalling: attempt 1
+        // (version 596) created the key on replica 1 while the read
+        // replica 0 held a newer write (604); that write then replaced
+        // attempt 1 on replica 1 too. Attempt 2 (625) found replica 0
+        // stalled and replaced write 604 on replica 1: this write updated
+        // the key. Counting replica 1's answer to attempt 1 said created.
+        let mut w = WriteRound::default();
+        w.attempt(596);
+        w.superseded(0, Some(0), true);
+        w.applied(1, Some(1), applied(false, 566, true));
+        assert_eq!(w.next(true), Next::Again);
+        w.attempt(625);
+        w.applied(1, Some(1), applied(true, 604, true));
+        assert_eq!(w.next(true), Next::Taken(true));
+    }
+
+    #[test]
+    fn an_attempt_above_its_own_earlier_one_reports_what_that_one_replaced() {
+        // Attempt 2 replaced attempt 1 which replaced attempt... on the
+        // same replica: the chain goes back to the first.
+        let mut w = WriteRound::default();
+        w.attempt(20);
+        w.applied(0, Some(0), applied(false, 0, false));
+        w.attempt(30);
+        w.applied(0, Some(0), applied(true, 20, false));
+        w.attempt(40);
+        w.applied(0, Some(0), applied(true, 30, true));
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
     fn no_answer_is_nothing() {
         let mut w = WriteRound::default();
-        w.attempt();
+        w.attempt(100);
         assert_eq!(w.next(true), Next::Nothing);
     }
 }

@@ -343,7 +343,10 @@ fn start(bin: &Path, args: &[String], log: &Path) -> Child {
     let file = File::create(log).expect("create log file");
     Command::new(bin)
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("RINGCACHE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("clone log handle"))

@@ -9,9 +9,8 @@
 //! - A write acknowledged without one of its replicas (down, failed) waits
 //!   until a dirty mark for that replica is held by its peers, so the fact
 //!   that it missed writes survives this manager.
-//! - Reads go to the first synced replica; a tombstone or value is final, a
-//!   miss falls over to the next, and a value found there is written back
-//!   to the replica that missed it (read repair).
+//! - Reads go to the first readable replica; its value, tombstone or miss
+//!   is final (the replica that decides a write's fate and status).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,15 +1,22 @@
-//! Reads: the first synced replica that has the key, falling over to the
-//! next on a miss, and read repair of the replicas that missed it.
+//! Reads: the first readable replica in read order answers, and its
+//! answer is final, a miss included (docs/design/consistency.md,
+//! "Linearizable keys"). Falling over to the next replica on a miss would
+//! show readers a write that replica took before the first one did, a
+//! write the first one may then supersede and the router send again above
+//! a newer one: the value would be seen, replaced, and come back. A miss
+//! there means the key was evicted or dropped, which a cache may always
+//! answer; the client's next write recreates it.
 
 use bytes::Bytes;
 
 use super::Routed;
-use crate::client::{Change, Read};
+use crate::client::Read;
 use crate::cluster::{Cluster, ClusterError};
 
 impl Cluster {
-    /// Reads from the first synced replica that has the key, falling over to
-    /// the next on a miss, an error or a deadline. A tombstone is final.
+    /// Reads from the first readable replica, falling over to the next on an
+    /// error, a deadline, or a replica that cannot answer reads (syncing,
+    /// unleased). A value, a tombstone or a miss is final.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, ClusterError> {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
@@ -21,8 +28,6 @@ impl Cluster {
         let view = self.placement()?;
         let nodes = self.nodes();
         let generation = self.near.as_ref().map(|n| n.generation(key));
-        let mut missed = Vec::new();
-        let mut answered = false;
         let mut unleased = false;
         for i in view.replicas(key, self.replicas) {
             let node = &nodes[i];
@@ -39,17 +44,13 @@ impl Cluster {
                     if let (Some(near), Some(generation)) = (&self.near, generation) {
                         near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl, generation);
                     }
-                    self.read_repair(key, &hit, &missed, view.version);
                     return Ok(Some(hit.value));
                 }
                 Ok(Read::Deleted(version)) => {
                     self.observe(i, version);
                     return Ok(None);
                 }
-                Ok(Read::Miss) => {
-                    answered = true;
-                    missed.push(i);
-                }
+                Ok(Read::Miss) => return Ok(None),
                 Ok(Read::Syncing) => self.needs_repair(i),
                 // A manager's lease on the node is missing (lost touch, or
                 // not renewed yet after the node came back): ask the next.
@@ -61,33 +62,10 @@ impl Cluster {
                 }
             }
         }
-        if answered {
-            Ok(None)
-        } else if unleased {
+        if unleased {
             Err(Routed::Unleased)
         } else {
             Err(ClusterError::Unavailable.into())
-        }
-    }
-
-    /// Writes `hit` back, in the background, to replicas that missed it (they
-    /// evicted it, say). Versioned, so it never overwrites anything newer.
-    fn read_repair(&self, key: &str, hit: &crate::client::Hit, missed: &[usize], placement: u64) {
-        let nodes = self.nodes();
-        for &i in missed {
-            let client = nodes[i].client.clone();
-            let key = key.to_string();
-            let change = Change::Set {
-                value: hit.value.clone(),
-                ttl: hit.ttl,
-            };
-            let version = hit.version;
-            tokio::spawn(async move {
-                match client.write(&key, &change, version, placement).await {
-                    Ok(w) => tracing::debug!(%key, node = %client.addr(), ?w, "read repair"),
-                    Err(e) => tracing::debug!(%key, error = %e, "read repair failed"),
-                }
-            });
         }
     }
 }

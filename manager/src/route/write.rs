@@ -96,8 +96,8 @@ impl Cluster {
                 .filter(|&p| p < readers)
         };
         for attempt in 1..=WRITE_ATTEMPTS {
-            round.attempt();
             let version = self.clock.next();
+            round.attempt(version);
             first.get_or_insert(version);
             let live: Vec<usize> = targets
                 .iter()
