@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::client::CallError;
 pub use crate::client::Connect;
+use crate::durable_marks::DurableMarks;
 use crate::near_cache::NearCache;
 pub use crate::node::{NodeHandle, NodeInfo, NodeState};
 use crate::ring::Ring;
@@ -88,6 +89,8 @@ pub struct Cluster {
     /// Another manager was found on a node while this one has no etcd
     /// (logged once).
     pub(crate) unprotected: AtomicBool,
+    /// Dirty marks in etcd, with a managed placement (durable_marks.rs).
+    pub(crate) durable: Option<DurableMarks>,
 }
 
 impl Cluster {
@@ -122,6 +125,7 @@ impl Cluster {
             registered: AtomicBool::new(false),
             future_versions: AtomicU64::new(0),
             unprotected: AtomicBool::new(false),
+            durable: None,
         };
         if !managed {
             c.rebuild_ring();
@@ -135,6 +139,17 @@ impl Cluster {
         self.me = me;
         self.lease = lease.filter(|_| self.managed);
         self
+    }
+
+    /// Keeps dirty marks in etcd too: a write that skips a node is
+    /// acknowledged only once etcd holds the mark.
+    pub fn with_durable_marks(mut self, marks: DurableMarks) -> Self {
+        self.durable = Some(marks);
+        self
+    }
+
+    pub(crate) fn durable_marks(&self) -> Option<&DurableMarks> {
+        self.durable.as_ref()
     }
 
     pub fn me(&self) -> &str {

@@ -33,6 +33,7 @@ pub mod admission;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod durable_marks;
 pub mod embedded;
 pub mod error;
 pub mod faults;

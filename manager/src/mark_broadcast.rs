@@ -1,9 +1,12 @@
 //! The dirty marks this manager places for a node that missed writes, sent
-//! to its peers (the bookkeeping is [`crate::marks::MarkQueue`]'s).
+//! to its peers and, with etcd, written there (the bookkeeping is
+//! [`crate::marks::MarkQueue`]'s; the etcd side is
+//! [`crate::durable_marks`]).
 
 use std::sync::Arc;
 
 use crate::cluster::Cluster;
+use crate::durable_marks::DurableMarks;
 use crate::marks::{self, Next};
 use crate::node::{NodeHandle, NodeState};
 
@@ -18,7 +21,7 @@ impl Cluster {
         node.writes_missed(since);
         let (round, start) = node.marks.push(since);
         if start {
-            tokio::spawn(broadcast_marks(nodes, index, id));
+            tokio::spawn(broadcast_marks(nodes, index, id, self.durable.clone()));
         }
         Some(round)
     }
@@ -37,10 +40,16 @@ impl Cluster {
 }
 
 /// Sends node `index`'s queued marks to its peers, round after round,
-/// until none is queued. A round counts as held once one peer took it
-/// (the others finish in the background); a round no peer took is tried
-/// again, so no write waiting for it is acknowledged meanwhile.
-async fn broadcast_marks(nodes: Arc<Vec<Arc<NodeHandle>>>, index: usize, id: String) {
+/// until none is queued. A round counts as held once one peer took it (the
+/// others finish in the background) or, with etcd, once etcd took it (a
+/// peer's copy dies with the peer); a round not held is tried again, so no
+/// write waiting for it is acknowledged meanwhile.
+async fn broadcast_marks(
+    nodes: Arc<Vec<Arc<NodeHandle>>>,
+    index: usize,
+    id: String,
+    durable: Option<DurableMarks>,
+) {
     use futures::StreamExt;
     let queue = &nodes[index].marks;
     loop {
@@ -65,13 +74,31 @@ async fn broadcast_marks(nodes: Arc<Vec<Arc<NodeHandle>>>, index: usize, id: Str
         // Two holders when there are two: a mark on one peer is lost if
         // that peer restarts.
         let want = peers.min(2);
-        let mut held = 0;
-        while let Some(r) = calls.next().await {
-            held += usize::from(r.is_ok());
-            if held >= want {
-                break;
+        let to_peers = async {
+            let mut held = 0;
+            while let Some(r) = calls.next().await {
+                held += usize::from(r.is_ok());
+                if held >= want {
+                    break;
+                }
             }
-        }
+            held
+        };
+        let to_etcd = async {
+            match &durable {
+                Some(d) => Some(d.put(&id, since).await),
+                None => None,
+            }
+        };
+        let (held, stored) = futures::join!(to_peers, to_etcd);
+        let held = match stored {
+            None => held,
+            Some(Ok(())) => held.max(1),
+            Some(Err(e)) => {
+                tracing::warn!(node = %id, since, error = %e, "etcd did not take the dirty mark");
+                0
+            }
+        };
         if held > 0 {
             queue.held(round);
             tracing::debug!(node = %id, since, round, peers, held, "dirty mark held");
@@ -81,9 +108,9 @@ async fn broadcast_marks(nodes: Arc<Vec<Arc<NodeHandle>>>, index: usize, id: Str
             continue;
         }
         if queue.failed(round, since) {
-            tracing::warn!(node = %id, since, peers, "no peer took the dirty mark; trying again");
+            tracing::warn!(node = %id, since, peers, "the dirty mark is not held; trying again");
         } else {
-            tracing::error!(node = %id, since, peers, "no peer took the dirty mark; given up");
+            tracing::error!(node = %id, since, peers, "the dirty mark is not held; given up");
         }
         tokio::time::sleep(marks::RETRY).await;
     }

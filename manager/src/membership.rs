@@ -10,6 +10,7 @@ use ringcache_proto::pb;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
+use crate::durable_marks::StoredMark;
 use crate::listener::EventListener;
 use crate::node::{NodeHandle, NodeState};
 
@@ -280,18 +281,18 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
         let state = node.client.stats().await.map_err(|e| e.to_string())?;
         let sync = state.sync.unwrap_or_default();
         let local = node.missed_since();
-        let PeerMarks { marks, unanswered } = peer_marks(cluster, index, &id).await;
-        let since = marks
-            .iter()
-            .map(|m| m.1.since)
+        let before = peer_marks(cluster, index, &id).await;
+        let since = before
+            .since()
+            .into_iter()
             .chain(local)
             .chain(sync.syncing.then_some(sync.since))
             .min();
         // A fresh instance (since 0) holds nothing a mark could be about.
-        if !unanswered.is_empty() && since != Some(0) {
+        if !before.unanswered.is_empty() && since != Some(0) {
             if !waited {
                 waited = true;
-                tracing::warn!(node = %id, ?unanswered,
+                tracing::warn!(node = %id, unanswered = ?before.unanswered,
                     "not admitted until these peers answer for their dirty marks");
             }
             tokio::time::sleep(pause).await;
@@ -310,14 +311,21 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        tracing::info!(node = %id, since, generation, marks = marks.len(), "repairing");
+        let marks = before.marks.len() + before.stored.len();
+        tracing::info!(node = %id, since, generation, marks, "repairing");
         copy_from_peers(cluster, index, since).await?;
-        for (peer, mark) in &marks {
+        for (peer, mark) in &before.marks {
             let _ = cluster
                 .node(*peer)
                 .client
                 .clear_mark(&id, mark.generation)
                 .await;
+        }
+        if let Some(d) = cluster.durable_marks() {
+            for mark in &before.stored {
+                // A mark left behind starts another round (below).
+                let _ = d.clear(mark).await;
+            }
         }
         // Every peer must answer for its marks before admission (a fresh
         // instance's round, from 0, excepted): wait for them rather than
@@ -334,7 +342,7 @@ async fn repair(cluster: &Arc<Cluster>, index: usize) -> Result<(), String> {
             pause = (pause * 2).min(REPAIR_PAUSE_MAX);
             after = peer_marks(cluster, index, &id).await;
         }
-        if !after.marks.is_empty() || missed_during(&node, Some(since)) {
+        if !after.none() || missed_during(&node, Some(since)) {
             // A mark came (or stayed) meanwhile, or this manager saw the
             // node miss a write older than this round: another round from
             // it, after a pause that grows (writes of a manager cut off from
@@ -376,24 +384,57 @@ fn missed_during(node: &NodeHandle, local: Option<u64>) -> bool {
 
 /// The dirty marks about a node that its peers hold.
 struct PeerMarks {
-    /// Each mark, with its holder.
+    /// Each mark on a peer, with its holder.
     marks: Vec<(usize, pb::DirtyMark)>,
-    /// The peers that did not answer: what they hold is unknown.
-    unanswered: Vec<usize>,
+    /// The marks in etcd (with a managed placement).
+    stored: Vec<StoredMark>,
+    /// Who did not answer (peers' addresses, or etcd): what they hold is
+    /// unknown.
+    unanswered: Vec<String>,
 }
 
-/// Every dirty mark about `id` held by the other nodes, with the holder;
-/// and which of them did not answer.
+impl PeerMarks {
+    fn none(&self) -> bool {
+        self.marks.is_empty() && self.stored.is_empty()
+    }
+
+    /// The oldest version a mark covers.
+    fn since(&self) -> Option<u64> {
+        let on_peers = self.marks.iter().map(|m| m.1.since);
+        on_peers.chain(self.stored.iter().map(|m| m.since)).min()
+    }
+}
+
+/// Every dirty mark about `id` held by the other nodes, with the holder,
+/// and in etcd; and who of them did not answer.
 async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> PeerMarks {
     let nodes = cluster.nodes();
     let peers: Vec<usize> = (0..nodes.len())
         .filter(|&i| i != index && !nodes[i].is_retired())
         .collect();
-    let stats = futures::future::join_all(peers.iter().map(|&i| nodes[i].client.stats())).await;
+    let stored = async {
+        match cluster.durable_marks() {
+            Some(d) => Some(d.list(id).await),
+            None => None,
+        }
+    };
+    let (stats, stored) = futures::join!(
+        futures::future::join_all(peers.iter().map(|&i| nodes[i].client.stats())),
+        stored
+    );
     let mut out = PeerMarks {
         marks: Vec::new(),
+        stored: Vec::new(),
         unanswered: Vec::new(),
     };
+    match stored {
+        None => {}
+        Some(Ok(stored)) => out.stored = stored,
+        Some(Err(e)) => {
+            tracing::debug!(node = %id, error = %e, "dirty marks in etcd unread");
+            out.unanswered.push("etcd".into());
+        }
+    }
     for (&i, s) in peers.iter().zip(stats) {
         match s {
             Ok(s) => out.marks.extend(
@@ -402,7 +443,7 @@ async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> PeerMarks {
                     .filter(|m| m.node_id == id)
                     .map(|m| (i, m)),
             ),
-            Err(_) => out.unanswered.push(i),
+            Err(_) => out.unanswered.push(nodes[i].addr().to_string()),
         }
     }
     out
@@ -415,6 +456,23 @@ async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> PeerMarks {
 /// (`since` = 0: the node restarted empty).
 async fn copy_from_peers(cluster: &Arc<Cluster>, index: usize, since: u64) -> Result<(), String> {
     let node = cluster.node(index);
+    // Which ranges the node shares with whom comes from the placement: a
+    // manager that just started may not have it yet (from etcd, or every
+    // node's id). With none, the round would copy nothing and admit the
+    // node as it is (issue 20: found by
+    // compound_faults::a_mark_outlives_the_restart_of_every_peer_that_held_it).
+    let mut logged = false;
+    loop {
+        let view = cluster.view();
+        if view.missing == 0 && !view.members.is_empty() {
+            break;
+        }
+        if !logged {
+            logged = true;
+            tracing::info!(node = %node.addr(), "repair waits for the placement");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A manager that just started has not reached every peer yet: give them
     // a moment, so that a peer merely not contacted yet is not taken for an
     // unreachable one (whose shared ranges would be dropped).
@@ -531,7 +589,7 @@ async fn await_trusted(cluster: &Cluster, index: usize) -> Result<(), String> {
         // A peer that does not answer is not waited for here (a warm-up
         // with one node down must go on); the source's own admission
         // waited for every peer.
-        if !sync.syncing && peer_marks(cluster, index, &id).await.marks.is_empty() {
+        if !sync.syncing && peer_marks(cluster, index, &id).await.none() {
             return Ok(());
         }
         if !logged {

@@ -12,6 +12,7 @@ use crate::accept::{self, ConnLimits};
 use crate::client::{CallError, NodeClient};
 use crate::cluster::{Cluster, Connect, NodeHandle};
 use crate::config::{parse_node, ManagerOptions};
+use crate::durable_marks::DurableMarks;
 use crate::embedded::Embedded;
 use crate::http;
 use crate::listener::{EventListener, NoListener};
@@ -143,6 +144,9 @@ async fn run(
     let mut cluster = Cluster::with_options(nodes, opts.vnodes, replicas, store.is_some(), connect)
         .with_identity(me.clone(), Some(opts.lease))
         .with_max_clock_skew(opts.max_clock_skew);
+    if let Some(store) = &store {
+        cluster = cluster.with_durable_marks(DurableMarks::new(store.clone(), me.clone()));
+    }
     let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
         Some(size) => {
             let near =

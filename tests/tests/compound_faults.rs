@@ -510,3 +510,80 @@ async fn a_node_is_not_admitted_while_the_peers_holding_its_marks_do_not_answer(
         assert_eq!((r.status, r.text()), (200, "new".to_string()), "k{i}");
     }
 }
+
+/// A node stalls while writes skip it; then both peers that held its dirty
+/// marks restart (fresh, the marks gone with them), and the managers are
+/// replaced. Only etcd still records that the node missed writes: the new
+/// manager must repair it (the restarted peers lost what the node missed,
+/// so those keys become misses) rather than admit it with the overwritten
+/// values. Before the marks were written to etcd, it was admitted untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_etcd, ignore = "etcd is not installed")]
+async fn a_mark_outlives_the_restart_of_every_peer_that_held_it() {
+    let mut c = CutCluster::start("outlive", NODE_ARGS).await;
+    let keys = 60;
+    for i in 0..keys {
+        assert_eq!(c.b.set(&format!("k{i}"), "old").await.status, 201);
+    }
+    let node1 = c.nodes[0].grpc_uri();
+    c.nodes[0].signal(libc::SIGSTOP);
+    c.b.await_state(&node1, "down").await;
+    for i in 0..keys {
+        let r = c.b.set(&format!("k{i}"), "new").await;
+        assert_eq!(r.status, 200, "k{i}: {}", r.text());
+    }
+    // Both holders restart, one after the other; node1 is down, so each
+    // warms up from the other only.
+    for n in 1..3 {
+        c.nodes[n].restart("data node serving gRPC");
+        c.b.await_state(&c.nodes[n].grpc_uri(), "up").await;
+    }
+    // The setup holds: no peer remembers that node1 missed writes.
+    for peer in &c.nodes[1..] {
+        let marks = NodeConn::connect(peer).await.stats().await.marks;
+        assert!(marks.is_empty(), "{}: {marks:?}", peer.grpc_uri());
+    }
+    // No manager remembers either.
+    c.m1.kill();
+    let node2 = NodeConn::connect(&c.nodes[1]).await;
+    wait_until_for(
+        "manager1's registration to expire",
+        LONG_DEADLINE,
+        || async { (required_leases(&node2).await == 1).then_some(()) },
+    )
+    .await;
+    c.m2.restart("manager serving HTTP");
+    c.nodes[0].signal(libc::SIGCONT);
+    c.b.await_all_up().await;
+    // Until the registration of manager2's previous instance expires,
+    // node1 answers no read (it waits for that lease) and reads go to the
+    // restarted peers: wait for node1 to answer reads.
+    let conn1 = NodeConn::connect(&c.nodes[0]).await;
+    wait_until_for(
+        "node1 to hold the one lease it needs",
+        LONG_DEADLINE,
+        || async {
+            let leases = conn1.stats().await.leases;
+            let required: Vec<_> = leases.iter().filter(|l| l.required).collect();
+            (required.len() == 1 && required[0].remaining_ms > 0).then_some(())
+        },
+    )
+    .await;
+    let mut stale = Vec::new();
+    let mut misses = 0;
+    for i in 0..keys {
+        let key = format!("k{i}");
+        let r = wait_until_for(&format!("{key} to read"), LONG_DEADLINE, || async {
+            let r = c.b.get(&key).await;
+            (r.status != 503).then_some(r)
+        })
+        .await;
+        match (r.status, r.text().as_str()) {
+            (200, "new") => {}
+            (404, _) => misses += 1,
+            (s, body) => stale.push(format!("{key}: {s} {body}")),
+        }
+    }
+    eprintln!("{misses} of {keys} keys lost (misses: their only copy was on a restarted peer)");
+    assert!(stale.is_empty(), "{} stale: {stale:?}", stale.len());
+}

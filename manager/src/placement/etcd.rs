@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use ringcache_proto::etcd::etcdserverpb::{
     auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
-    watch_client::WatchClient, watch_request, AuthenticateRequest, Compare, LeaseGrantRequest,
-    LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchRequest,
+    watch_client::WatchClient, watch_request, AuthenticateRequest, Compare, DeleteRangeRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use std::sync::Arc;
 
@@ -264,6 +264,60 @@ impl Etcd {
         let r = self.bounded(kv.range(req)).await?;
         let rev = r.header.map_or(0, |h| h.revision);
         Ok((r.kvs.into_iter().map(|kv| kv.value).collect(), rev))
+    }
+
+    /// Every key under `name/` (the part after it), with its value and
+    /// mod revision.
+    pub async fn list_prefix(&self, name: &str) -> Result<Vec<(String, Stored)>, EtcdError> {
+        let mut kv = self.kv.clone();
+        let key = self.key(&format!("{name}/"));
+        let req = RangeRequest {
+            range_end: prefix_end(&key),
+            key: key.clone(),
+            ..Default::default()
+        };
+        let r = self.bounded(kv.range(req)).await?;
+        Ok(r.kvs
+            .into_iter()
+            .map(|kv| {
+                let rest = kv.key.get(key.len()..).unwrap_or_default();
+                (
+                    String::from_utf8_lossy(rest).into_owned(),
+                    Stored {
+                        value: kv.value,
+                        mod_revision: kv.mod_revision,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Deletes `name` if its mod revision is still `expected`; whether it
+    /// did.
+    pub async fn delete_if(&self, name: &str, expected: i64) -> Result<bool, EtcdError> {
+        let key = self.key(name);
+        let compare = Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            key: key.clone(),
+            target_union: Some(compare::TargetUnion::ModRevision(expected)),
+            ..Default::default()
+        };
+        let delete = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                },
+            )),
+        };
+        let mut kv = self.kv.clone();
+        let req = TxnRequest {
+            compare: vec![compare],
+            success: vec![delete],
+            failure: Vec::new(),
+        };
+        Ok(self.bounded(kv.txn(req)).await?.succeeded)
     }
 
     /// Writes `value` to `name`, attached to `lease`.
