@@ -413,7 +413,21 @@ impl Api {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req.send().await.expect("manager answers");
+        let req = req.build().expect("a valid request");
+        // A pooled keep-alive connection that the manager closes (idle
+        // timeout) just as a request goes out fails with a reset before
+        // any answer: a GET is sent once more, on a new connection. Writes
+        // are not (they may have taken effect).
+        let again = (req.method() == reqwest::Method::GET)
+            .then(|| req.try_clone())
+            .flatten();
+        let resp = match (self.http.execute(req).await, again) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(again)) if e.is_request() || e.is_connect() => {
+                self.http.execute(again).await.expect("manager answers")
+            }
+            (Err(e), _) => panic!("manager answers: {e:?}"),
+        };
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
