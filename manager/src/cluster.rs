@@ -50,6 +50,8 @@ pub enum ClusterError {
     Rejected(CallError),
     #[error("newer writes of the key overtook this one on each of {0} attempts: it is ordered just before them (overwritten); what it replaced is unknown")]
     Overtaken(usize),
+    #[error("the write was applied, but a concurrent write reached its replicas in different orders: whether it replaced a value is unknown")]
+    StatusUnknown,
 }
 
 /// Starts node `index`'s membership task (set once the cluster runs, by

@@ -46,7 +46,9 @@ impl ApiError {
             ApiError::Cluster(ClusterError::VersionTooNew { .. }) => StatusCode::BAD_GATEWAY,
             // Not a 503: sending the same write again would order it above
             // the newer ones, which is a new write, not a retry.
-            ApiError::Cluster(ClusterError::Overtaken(_)) => StatusCode::CONFLICT,
+            ApiError::Cluster(ClusterError::Overtaken(_) | ClusterError::StatusUnknown) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Cluster(ClusterError::Rejected(CallError::Refused { refusal, .. })) => {
                 match refusal {
                     Refusal::InvalidRequest => StatusCode::BAD_REQUEST,

@@ -45,6 +45,11 @@ pub enum Next {
     Overtaken,
     /// No replica took it or held something newer (they failed).
     Nothing,
+    /// Taken, but the readable replicas disagree on what it replaced, and
+    /// the one readers see lacks an older write another one holds (in
+    /// flight to it, or lost with it if it fails): the status depends on
+    /// which, and is not guessed. Answered as a conflict.
+    Unsure,
 }
 
 /// One replica's answer to one attempt it applied.
@@ -148,7 +153,8 @@ impl WriteRound {
             };
         }
         match self.replaced() {
-            Some(replaced) => Next::Taken(replaced),
+            Some(Some(replaced)) => Next::Taken(replaced),
+            Some(None) => Next::Unsure,
             None => Next::Nothing,
         }
     }
@@ -158,18 +164,36 @@ impl WriteRound {
     /// held nothing, having evicted or dropped the key, says "created", as
     /// a read of it said "miss"). Without a readable replica, the one that
     /// replaced the newest version decides.
-    fn replaced(&self) -> Option<bool> {
+    ///
+    /// `Some(None)`: unknown. The first readable replica says one thing and
+    /// another readable replica, which replaced a newer version, says the
+    /// other: the first one lacks an older write (a concurrent one, still
+    /// in flight to it, or missed). If it arrives there, it is superseded
+    /// and sent again above this write (the first replica's answer was
+    /// right); if that replica fails first, the older write stands below
+    /// this one on the others (the other answer was right). Seen in the
+    /// linearizability test, a node killed mid-write.
+    fn replaced(&self) -> Option<Option<bool>> {
         let answers = self.effective();
-        if let Some((_, a)) = answers
+        let mut readers: Vec<(usize, Applied)> = answers
             .iter()
             .filter(|(_, a)| a.readable)
             .filter_map(|&(place, a)| place.map(|p| (p, a)))
-            .min_by_key(|&(p, _)| p)
-        {
-            return Some(a.replaced);
+            .collect();
+        readers.sort_by_key(|&(p, _)| p);
+        if let Some(&(_, front)) = readers.first() {
+            // A front that held nothing evicted or dropped the key (or
+            // never had it): readers saw a miss there, whatever follows.
+            let disagrees = front.prior > 0
+                && readers[1..]
+                    .iter()
+                    .any(|(_, a)| a.prior > front.prior && a.replaced != front.replaced);
+            return Some((!disagrees).then_some(front.replaced));
         }
         let newest = answers.iter().map(|(_, a)| a.prior).max()?;
-        Some(answers.iter().any(|(_, a)| a.prior == newest && a.replaced))
+        Some(Some(
+            answers.iter().any(|(_, a)| a.prior == newest && a.replaced),
+        ))
     }
 }
 
@@ -196,18 +220,18 @@ mod tests {
 
     #[test]
     fn the_replica_readers_see_decides_the_status() {
-        // Replica 1 holds the first attempt of a delete that was then
-        // sent again above this write: no reader saw it there.
+        // Replica 1 lags behind replica 0 (it has not taken the newer
+        // write 7 yet): readers see replica 0.
         let mut w = WriteRound::default();
         w.attempt(100);
-        w.applied(0, Some(0), applied(true, 5, true));
-        w.applied(1, Some(1), applied(false, 7, true));
+        w.applied(0, Some(0), applied(true, 7, true));
+        w.applied(1, Some(1), applied(false, 5, true));
         assert_eq!(w.next(true), Next::Taken(true));
         // In either order of answers.
         let mut w = WriteRound::default();
         w.attempt(100);
-        w.applied(1, Some(1), applied(true, 9, true));
-        w.applied(0, Some(0), applied(false, 3, true));
+        w.applied(1, Some(1), applied(true, 3, true));
+        w.applied(0, Some(0), applied(false, 9, true));
         assert_eq!(w.next(true), Next::Taken(false));
     }
 
@@ -374,6 +398,35 @@ mod tests {
         w.applied(0, Some(0), applied(true, 20, false));
         w.attempt(40);
         w.applied(0, Some(0), applied(true, 30, true));
+        assert_eq!(w.next(true), Next::Taken(false));
+    }
+
+    #[test]
+    fn a_front_lacking_an_older_write_another_replica_holds_gives_no_status() {
+        // From the linearizability test, a node killed: delete D (490)
+        // reached replica 1 but not replica 0, the one read first, which
+        // then died. This write (506) found the value D deleted still on
+        // replica 0 and D's tombstone on replica 1. "Updated" (replica 0)
+        // is right if D reaches replica 0 later (superseded there, it goes
+        // again above this write); "created" if replica 0 dies first, as
+        // it did: D stands below this write, and a later delete answered
+        // "deleted" too.
+        let mut w = WriteRound::default();
+        w.attempt(506);
+        w.applied(0, Some(0), applied(true, 469, true));
+        w.applied(1, Some(1), applied(false, 490, true));
+        assert_eq!(w.next(true), Next::Unsure);
+        // Agreeing on the status, the replicas may hold different versions.
+        let mut w = WriteRound::default();
+        w.attempt(506);
+        w.applied(0, Some(0), applied(true, 469, true));
+        w.applied(1, Some(1), applied(true, 490, true));
+        assert_eq!(w.next(true), Next::Taken(true));
+        // The front ahead of the other replica: readers see the front.
+        let mut w = WriteRound::default();
+        w.attempt(506);
+        w.applied(0, Some(0), applied(false, 490, true));
+        w.applied(1, Some(1), applied(true, 469, true));
         assert_eq!(w.next(true), Next::Taken(false));
     }
 

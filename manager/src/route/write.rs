@@ -186,6 +186,7 @@ impl Cluster {
                 (Round::Taken(replaced), _) => Ok(replaced),
                 (_, Some(err)) => Err(err),
                 (Round::Overtaken, None) => Err(ClusterError::Overtaken(WRITE_ATTEMPTS)),
+                (Round::Unsure, _) => Err(ClusterError::StatusUnknown),
                 (Round::Nothing, None) => Err(ClusterError::Unavailable),
             };
             break;
