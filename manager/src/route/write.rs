@@ -191,7 +191,10 @@ impl Cluster {
             };
             break;
         }
-        if result.is_ok() {
+        // A write answered "status unknown" was applied all the same: the
+        // replicas that missed it are marked like those of an acknowledged
+        // one.
+        if matches!(result, Ok(_) | Err(ClusterError::StatusUnknown)) {
             // Replicas that missed the write must be known to have missed
             // it, by nodes that outlive this manager, before it is
             // acknowledged: a mark from this write's version on, placed for
@@ -206,7 +209,7 @@ impl Cluster {
                     return Err(ClusterError::Unavailable.into());
                 }
                 if !self.await_marked(i, since).await {
-                    tracing::warn!(node = %nodes[i].addr(), "no peer took the dirty mark in time: write not acknowledged");
+                    tracing::warn!(node = %nodes[i].addr(), "the dirty mark was not held in time: write not acknowledged");
                     return Err(ClusterError::Unavailable.into());
                 }
                 self.await_unleased(i).await;
