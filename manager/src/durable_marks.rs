@@ -74,6 +74,20 @@ impl DurableMarks {
             .collect())
     }
 
+    /// Deletes the marks about `node` written before etcd revision
+    /// `before` (the placement that dropped the node: a mark written later
+    /// is about a new membership of a node with the same id, and stays).
+    /// Returns how many were deleted.
+    pub async fn forget(&self, node: &str, before: i64) -> Result<usize, EtcdError> {
+        let mut deleted = 0;
+        for mark in self.list(node).await? {
+            if mark.revision < before && self.clear(&mark).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Deletes `mark` unless it was written again since it was listed.
     pub async fn clear(&self, mark: &StoredMark) -> Result<bool, EtcdError> {
         self.etcd.delete_if(&mark.name, mark.revision).await

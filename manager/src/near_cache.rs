@@ -9,7 +9,7 @@
 //! breaks, has a gap or lags, everything it served is dropped and nothing
 //! from it is cached until a new stream starts.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 // With the `shuttle` feature the locks and atomics are shuttle's, whose
@@ -74,27 +74,48 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// it was sent.
 type Probe = (u64, Instant);
 
+/// Node indices per segment of [`NearCache::nodes`].
+const SEGMENT: usize = 64;
+
+/// What the near cache knows of one node's event stream.
+struct NodeSlot {
+    /// Sequence number of the last event applied, or `NO_STREAM`.
+    applied: AtomicU64,
+    /// The latest probe (its send time, and the node's seq when it handled
+    /// it) not yet covered by applied events.
+    probe: Mutex<Option<Probe>>,
+    /// Every event the node published before this instant has been applied
+    /// (microseconds since `epoch`; 0: never).
+    fresh: AtomicU64,
+}
+
+impl NodeSlot {
+    fn new() -> Self {
+        Self {
+            applied: AtomicU64::new(NO_STREAM),
+            probe: Mutex::new(None),
+            fresh: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A byte-bounded LRU of values read through this manager.
 pub struct NearCache {
     shards: Box<[Mutex<Shard>]>,
-    /// Per node: sequence number of the last event applied, or `NO_STREAM`.
-    applied: Box<[AtomicU64]>,
+    /// Per node index, in segments allocated on first use: a manager that
+    /// sees many nodes join over its life pays only for the ones it saw.
+    nodes: Box<[OnceLock<Box<[NodeSlot]>>]>,
     /// Staleness bound: values from a node are served only while this
     /// manager has applied every event the node published up to at most
     /// this long ago (`--near-cache-max-lag`). None: unbounded.
     max_lag: Option<Duration>,
-    /// Per node: the latest probe (its send time, and the node's seq when
-    /// it handled it) not yet covered by applied events.
-    probes: Box<[Mutex<Option<Probe>>]>,
-    /// Per node: every event the node published before this instant has
-    /// been applied (microseconds since `epoch`; 0: never).
-    fresh: Box<[AtomicU64]>,
     epoch: Instant,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl NearCache {
+    /// `nodes`: node indices beyond it are never cached from.
     pub fn new(capacity: u64, nodes: usize) -> Self {
         let limit = (capacity / SHARDS as u64).max(1);
         Self {
@@ -111,10 +132,10 @@ impl NearCache {
                         })
                     })
                     .collect(),
-            applied: (0..nodes).map(|_| AtomicU64::new(NO_STREAM)).collect(),
+            nodes: (0..nodes.div_ceil(SEGMENT))
+                .map(|_| OnceLock::new())
+                .collect(),
             max_lag: None,
-            probes: (0..nodes).map(|_| Mutex::new(None)).collect(),
-            fresh: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -128,6 +149,12 @@ impl NearCache {
         self
     }
 
+    fn node(&self, index: usize) -> Option<&NodeSlot> {
+        let segment = self.nodes.get(index / SEGMENT)?;
+        let slots = segment.get_or_init(|| (0..SEGMENT).map(|_| NodeSlot::new()).collect());
+        slots.get(index % SEGMENT)
+    }
+
     fn micros(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_micros() as u64 + 1
     }
@@ -136,13 +163,13 @@ impl NearCache {
     /// `seq`: once events up to `seq` are applied, everything it published
     /// before `sent` has been seen here.
     pub fn probed(&self, node: usize, seq: u64, sent: Instant) {
-        let (Some(applied), Some(probe)) = (self.applied.get(node), self.probes.get(node)) else {
+        let Some(n) = self.node(node) else {
             return;
         };
-        let mut p = lock(probe);
-        let a = applied.load(Ordering::SeqCst);
+        let mut p = lock(&n.probe);
+        let a = n.applied.load(Ordering::SeqCst);
         if a != NO_STREAM && a >= seq {
-            self.fresh[node].fetch_max(self.micros(sent), Ordering::SeqCst);
+            n.fresh.fetch_max(self.micros(sent), Ordering::SeqCst);
             *p = None;
         } else {
             *p = Some((seq, sent));
@@ -154,10 +181,10 @@ impl NearCache {
         let Some(lag) = self.max_lag else {
             return true;
         };
-        let Some(fresh) = self.fresh.get(node) else {
+        let Some(n) = self.node(node) else {
             return false;
         };
-        let f = fresh.load(Ordering::SeqCst);
+        let f = n.fresh.load(Ordering::SeqCst);
         f > 0 && self.micros(Instant::now()) <= f + lag.as_micros() as u64
     }
 
@@ -213,12 +240,12 @@ impl NearCache {
         if entry_size > shard.limit || shard.generation != generation {
             return;
         }
-        let Some(applied) = self.applied.get(node) else {
+        let Some(n) = self.node(node) else {
             return;
         };
         // Checked under the shard lock, which the invalidation also takes
         // after raising `applied`: see the module docs.
-        if applied.load(Ordering::SeqCst) > seq {
+        if n.applied.load(Ordering::SeqCst) > seq {
             return;
         }
         shard.remove(key);
@@ -291,18 +318,18 @@ impl NearCache {
 
 impl EventListener for NearCache {
     fn on_event(&self, node: usize, event: &pb::Event) {
-        let Some(applied) = self.applied.get(node) else {
+        let Some(n) = self.node(node) else {
             return;
         };
         // Raise `applied` first, then remove under the lock: a concurrent
         // fill either sees the new sequence and skips, or inserted before we
         // take the lock and is removed here.
-        applied.store(event.seq, Ordering::SeqCst);
-        if let Some(probe) = self.probes.get(node) {
-            let mut p = lock(probe);
+        n.applied.store(event.seq, Ordering::SeqCst);
+        {
+            let mut p = lock(&n.probe);
             if let Some((seq, sent)) = *p {
                 if event.seq >= seq {
-                    self.fresh[node].fetch_max(self.micros(sent), Ordering::SeqCst);
+                    n.fresh.fetch_max(self.micros(sent), Ordering::SeqCst);
                     *p = None;
                 }
             }
@@ -319,12 +346,10 @@ impl EventListener for NearCache {
     }
 
     fn on_reset(&self, node: usize) {
-        if let Some(applied) = self.applied.get(node) {
-            applied.store(NO_STREAM, Ordering::SeqCst);
-        }
-        if let (Some(p), Some(f)) = (self.probes.get(node), self.fresh.get(node)) {
-            *lock(p) = None;
-            f.store(0, Ordering::SeqCst);
+        if let Some(n) = self.node(node) {
+            n.applied.store(NO_STREAM, Ordering::SeqCst);
+            *lock(&n.probe) = None;
+            n.fresh.store(0, Ordering::SeqCst);
         }
         self.clear_node(node);
     }
@@ -399,6 +424,25 @@ mod tests {
         c.on_event(0, &status(5));
         c.fill("k", v("v"), 0, 5, None, c.generation("k"));
         assert_eq!(c.get("k"), Some(v("v")));
+    }
+
+    /// Issue 20: with 1,024 node slots, a manager stopped caching from the
+    /// nodes that joined after 1,024 handles (one per join, kept when a
+    /// node leaves).
+    #[test]
+    fn nodes_that_joined_after_a_thousand_others_are_cached_from() {
+        let c = NearCache::new(1 << 20, crate::server::NEAR_CACHE_NODES);
+        for node in [0, 1500, 20_000] {
+            let key = format!("k{node}");
+            c.on_event(node, &status(5));
+            c.fill(&key, v("v"), node, 5, None, c.generation(&key));
+            assert_eq!(c.get(&key), Some(v("v")), "node {node}");
+        }
+        // Beyond the slots: never cached from, and no panic.
+        let beyond = crate::server::NEAR_CACHE_NODES;
+        c.on_event(beyond, &status(5));
+        c.fill("kx", v("v"), beyond, 5, None, c.generation("kx"));
+        assert_eq!(c.get("kx"), None);
     }
 
     #[test]

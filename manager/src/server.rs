@@ -22,9 +22,10 @@ use crate::near_cache::NearCache;
 use crate::placement::{self, etcd::Etcd};
 use crate::state::AppState;
 
-/// Node slots the near cache tracks; nodes beyond (after many membership
-/// changes) are never filled from.
-const MAX_NODES: usize = 1024;
+/// Node handles the near cache tracks (one per node that ever joined while
+/// this manager ran; its slots are allocated in segments as nodes come):
+/// nodes beyond are never filled from.
+pub(crate) const NEAR_CACHE_NODES: usize = 65_536;
 /// Calls to etcd get at least this long.
 const ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -149,8 +150,9 @@ async fn run(
     }
     let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
         Some(size) => {
-            let near =
-                Arc::new(NearCache::new(size, MAX_NODES).with_max_lag(opts.near_cache_max_lag));
+            let near = Arc::new(
+                NearCache::new(size, NEAR_CACHE_NODES).with_max_lag(opts.near_cache_max_lag),
+            );
             cluster = cluster.with_near_cache(near.clone());
             near
         }

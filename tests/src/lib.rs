@@ -326,6 +326,22 @@ impl Proc {
 
 /// The etcd server binary: `ETCD` if set, else `etcd` on the PATH or in
 /// /usr/bin (Debian's etcd-server).
+/// `etcdctl` (Debian's etcd-client) against `url`; its standard output.
+pub fn etcdctl(url: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .args(args)
+        .output()
+        .expect("etcdctl runs (Debian's etcd-client; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn etcd_path() -> PathBuf {
     if let Some(p) = std::env::var_os("ETCD").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ringcache_manager::ring::{Ring, DEFAULT_VNODES};
 use ringcache_tests::{
-    wait_until_for, Api, CutCluster, Held, NodeConn, Proc, Relay, LONG_DEADLINE,
+    etcdctl, wait_until_for, Api, CutCluster, Held, NodeConn, Proc, Relay, LONG_DEADLINE,
 };
 
 const NODE_ARGS: &[&str] = &["--heartbeat-interval", "100ms"];
@@ -268,11 +268,30 @@ async fn nodes_join_leave_and_rejoin_under_load_through_two_managers() {
     let four: Vec<&Proc> = nodes.iter().chain([&node4]).collect();
     assert_placed(&four, &latest).await;
 
+    // A dirty mark about node2 in etcd, as a manager whose write skipped
+    // it would leave (8 bytes: the version it missed from).
+    let url = etcd.grpc_uri();
+    let marks = "/ringcache/join/marks/node2/";
+    etcdctl(
+        &url,
+        &["put", &format!("{marks}0000000000000001-m"), "AAAAAAAA"],
+    );
+
     // Leave for good, then the process dies: nothing lost.
     let r = a.remove_node("node2").await;
     assert_eq!(r.status, 202, "{}", r.text());
     a.await_members(&left).await;
     b.await_members(&left).await;
+    // etcd keeps no mark about a node that left (issue 20: kept for ever).
+    wait_until_for(
+        "node2's dirty marks deleted from etcd",
+        LONG_DEADLINE,
+        || {
+            let listed = etcdctl(&url, &["get", "--prefix", "--keys-only", marks]);
+            async move { listed.trim().is_empty().then_some(()) }
+        },
+    )
+    .await;
     nodes[1].kill();
     assert_placed(&[&nodes[0], &nodes[2], &node4], &latest).await;
     assert_latest(&a, &latest).await;

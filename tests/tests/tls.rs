@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ringcache_common::tls::{ClientFiles, ClientTls, GrpcConnector, ALPN_H2};
 use ringcache_proto::pb;
-use ringcache_tests::{wait_until, Proc};
+use ringcache_tests::{etcdctl, wait_until, Proc};
 
 /// A CA and certificates it signed, as PEM files in a temporary directory.
 struct Pki {
@@ -472,21 +472,6 @@ async fn the_placement_lives_in_an_etcd_served_over_mtls() {
     );
     let r = ringcache_tests::Api::new(&refused).set("k", "w").await;
     assert_eq!(r.status, 503, "{}", r.text());
-}
-
-/// `etcdctl` (Debian's etcd-client) against `url`.
-fn etcdctl(url: &str, args: &[&str]) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={url}"))
-        .args(args)
-        .output()
-        .expect("etcdctl runs (Debian's etcd-client; .ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

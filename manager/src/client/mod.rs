@@ -44,6 +44,9 @@ pub enum CallError {
     /// The op was routed by an older placement than the node knows of.
     #[error("node {node} knows placement {newest}, newer than the one this request was routed by")]
     StalePlacement { node: String, newest: u64 },
+    /// The node left the placement: its connection is closed for good.
+    #[error("node {node} left the placement")]
+    Closed { node: String },
     #[error("invalid node address {addr:?}: {source}")]
     Address {
         addr: String,
@@ -68,7 +71,10 @@ impl CallError {
     /// opposed to it refusing this particular request).
     pub fn is_node_failure(&self) -> bool {
         match self {
-            CallError::Timeout { .. } | CallError::Address { .. } | CallError::BadToken => true,
+            CallError::Timeout { .. }
+            | CallError::Address { .. }
+            | CallError::BadToken
+            | CallError::Closed { .. } => true,
             CallError::StalePlacement { .. } | CallError::Refused { .. } => false,
             // Unary calls and nodes that send no reason: by code.
             CallError::Status { status, .. } => !matches!(
@@ -200,8 +206,8 @@ pub struct NodeClient {
     /// queued on a connection being replaced count until they are dropped.
     budget: batch::Budget,
     /// Replaced by [`NodeClient::reconnect`]; read (an `Arc` clone, never
-    /// held across an await) by every call.
-    conn: Arc<RwLock<Arc<Conn>>>,
+    /// held across an await) by every call. None once [`NodeClient::close`]d.
+    conn: Arc<RwLock<Option<Arc<Conn>>>>,
     timeout: Duration,
     tls: Option<Arc<ringcache_common::tls::ClientTls>>,
 }
@@ -241,7 +247,7 @@ impl NodeClient {
             endpoint,
             token,
             budget,
-            conn: Arc::new(RwLock::new(Arc::new(conn))),
+            conn: Arc::new(RwLock::new(Some(Arc::new(conn)))),
             timeout,
         })
     }
@@ -274,8 +280,21 @@ impl NodeClient {
         }
     }
 
-    fn conn(&self) -> Arc<Conn> {
-        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn conn(&self) -> Result<Arc<Conn>, CallError> {
+        self.conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| CallError::Closed {
+                node: self.addr.clone(),
+            })
+    }
+
+    /// Closes the connection for good (the node left the placement): its
+    /// batch task ends and the channel is dropped once the calls in flight
+    /// on it finish; every later call fails with [`CallError::Closed`].
+    pub fn close(&self) {
+        self.conn.write().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Drops the connection and opens a new one, resolving the address
@@ -283,6 +302,14 @@ impl NodeClient {
     /// that took over the node's old address (another process: it reports
     /// another id) would keep being reached.
     pub fn reconnect(&self) {
+        if self
+            .conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return;
+        }
         let conn = Self::open(
             &self.endpoint,
             &self.tls,
@@ -291,7 +318,11 @@ impl NodeClient {
             self.timeout,
             &self.budget,
         );
-        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
+        let mut current = self.conn.write().unwrap_or_else(|e| e.into_inner());
+        // A closed client stays closed.
+        if current.is_some() {
+            *current = Some(Arc::new(conn));
+        }
     }
 
     /// Bytes of operations waiting for this node (see [`Connect`]).
@@ -345,7 +376,7 @@ impl NodeClient {
     /// deadline, routed by placement version `placement`. A per-op error
     /// becomes a typed [`CallError`] here, once.
     async fn op(&self, op: pb::op::Op, placement: u64) -> Result<pb::op_result::Result, CallError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         match self.deadline(conn.batcher.call(op, placement)).await? {
             pb::op_result::Result::Error(e) => Err(self.op_error(e)),
             ok => Ok(ok),
@@ -462,7 +493,7 @@ impl NodeClient {
 
     /// Empties the node; returns how many entries were removed.
     pub async fn flush(&self) -> Result<u64, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let r = self
             .call(c.flush(self.request(pb::FlushRequest {})))
             .await?;
@@ -470,14 +501,14 @@ impl NodeClient {
     }
 
     pub async fn stats(&self) -> Result<pb::StatsResponse, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         self.call(c.stats(self.request(pb::StatsRequest {}))).await
     }
 
     /// Records on this node that `node_id` may have missed writes from
     /// `since` on.
     pub async fn mark(&self, node_id: &str, since: u64) -> Result<u64, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let req = pb::MarkRequest {
             node_id: node_id.to_string(),
             since,
@@ -486,7 +517,7 @@ impl NodeClient {
     }
 
     pub async fn clear_mark(&self, node_id: &str, generation: u64) -> Result<bool, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let req = pb::ClearMarkRequest {
             node_id: node_id.to_string(),
             generation,
@@ -496,7 +527,7 @@ impl NodeClient {
 
     /// Returns (generation, effective since).
     pub async fn begin_sync(&self, since: u64) -> Result<(u64, u64), CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let r = self
             .call(c.begin_sync(self.request(pb::BeginSyncRequest { since })))
             .await?;
@@ -504,7 +535,7 @@ impl NodeClient {
     }
 
     pub async fn end_sync(&self, generation: u64) -> Result<bool, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let r = self
             .call(c.end_sync(self.request(pb::EndSyncRequest { generation })))
             .await?;
@@ -518,7 +549,7 @@ impl NodeClient {
         ranges: Vec<pb::HashRange>,
         placement: u64,
     ) -> Result<u64, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let r = self
             .call(c.prune(self.request(pb::PruneRequest { ranges, placement })))
             .await?;
@@ -535,7 +566,7 @@ impl NodeClient {
         since: u64,
         placement: u64,
     ) -> Result<tonic::Streaming<pb::PullProgress>, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let req = pb::PullRequest {
             source: source.to_string(),
             ranges,
@@ -547,7 +578,7 @@ impl NodeClient {
 
     /// Tells the node the newest placement version; returns the node's.
     pub async fn set_placement(&self, version: u64) -> Result<u64, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let r = self
             .call(c.set_placement(self.request(pb::SetPlacementRequest { version })))
             .await?;
@@ -563,7 +594,7 @@ impl NodeClient {
         heartbeat_seq: u64,
         lease: Duration,
     ) -> Result<(bool, u64), CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let req = pb::RenewRequest {
             manager_id: manager_id.to_string(),
             heartbeat_seq,
@@ -579,7 +610,7 @@ impl NodeClient {
         revision: u64,
         managers: Vec<String>,
     ) -> Result<bool, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let req = pb::SetManagersRequest { revision, managers };
         Ok(self.call(c.set_managers(self.request(req))).await?.applied)
     }
@@ -595,7 +626,7 @@ impl NodeClient {
         skip_invalidations: bool,
         me: &str,
     ) -> Result<tonic::Streaming<pb::Event>, CallError> {
-        let mut c = self.conn().inner.clone();
+        let mut c = self.conn()?.inner.clone();
         let req = pb::SubscribeRequest {
             skip_invalidations,
             subscriber_id: me.to_string(),

@@ -51,7 +51,8 @@ pub struct NodeHandle {
     /// Dirty marks this manager places for the node (writes it missed).
     pub(crate) marks: MarkQueue,
     /// Cancelled when the node leaves the placement: ends its membership
-    /// task; the handle stays (indices are stable) but is never used again.
+    /// task, and its connection is closed; the handle stays (indices are
+    /// stable) but is never used again.
     retired: CancellationToken,
 }
 
@@ -108,7 +109,13 @@ impl NodeHandle {
                 // On `Connected` the session is the caller, and starts the
                 // round itself.
                 Action::StartRepair if event != Event::Connected => self.repair.notify_one(),
-                Action::Release => self.retired.cancel(),
+                // Ends the membership task (which holds the event stream)
+                // and closes the connection with its batch task: nothing of
+                // the node is kept but this small handle.
+                Action::Release => {
+                    self.retired.cancel();
+                    self.client.close();
+                }
                 _ => {}
             }
         }
@@ -230,5 +237,57 @@ impl NodeHandle {
     /// The version from which this manager knows the node missed writes.
     pub(crate) fn missed_since(&self) -> Option<u64> {
         lock(&self.lifecycle).missed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::client::{CallError, Connect};
+
+    /// Issue 20: a node that left the placement kept its connection (and
+    /// batch task) open for as long as the manager ran.
+    #[tokio::test]
+    async fn a_retired_node_s_connection_is_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = Connect {
+            timeout: Duration::from_millis(200),
+            ..Connect::default()
+        };
+        let node = NodeHandle::new(NodeClient::new(&format!("http://{addr}"), &connect).unwrap());
+        // A call opens the connection (the listener never answers it).
+        let client = node.client.clone();
+        let call = tokio::spawn(async move { client.stats().await });
+        let (mut socket, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the client connects")
+            .unwrap();
+        node.retire();
+        assert!(node.is_retired());
+        // Once the call in flight gives up, nothing holds the connection.
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the retired node's connection is still open"
+        );
+        assert!(call.await.unwrap().is_err());
+        assert!(matches!(
+            node.client.stats().await,
+            Err(CallError::Closed { .. })
+        ));
     }
 }

@@ -121,6 +121,14 @@ impl Cluster {
             if !members.contains(&i) && !n.is_retired() {
                 tracing::info!(node = %n.addr(), id = ?n.id(), "node left the placement");
                 n.retire();
+                // A handle retired for a new address keeps its id in the
+                // placement, and its marks.
+                match n.id() {
+                    Some(id) if !placement.members.iter().any(|m| m.id == id) => {
+                        self.forget_marks(id, p.version)
+                    }
+                    _ => {}
+                }
             }
         }
         // A cached value may come from a node that no longer owns its key
@@ -130,6 +138,28 @@ impl Cluster {
         }
         self.installed.send_replace(p.version);
         tracing::info!(version = p.version, members = ?placement.members, "placement installed");
+    }
+
+    /// Deletes the dirty marks in etcd about node `id`, which left the
+    /// placement at `version` (the placement key's revision), so that etcd
+    /// does not keep them for ever. Every manager does it (idempotent); the
+    /// copies on the peers die with the peers' memory.
+    fn forget_marks(&self, id: String, version: u64) {
+        let Some(durable) = self.durable_marks().cloned() else {
+            return;
+        };
+        let before = i64::try_from(version).unwrap_or(i64::MAX);
+        tokio::spawn(async move {
+            match durable.forget(&id, before).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(node = %id, deleted, "dirty marks of a node that left deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "dirty marks of a node that left not deleted")
+                }
+            }
+        });
     }
 
     /// Waits (bounded by the node timeout) until this manager routes by
