@@ -5,7 +5,7 @@ use ringcache_proto::pb;
 
 use crate::events::{Cause, EventKind, NodeEvent};
 use crate::node::Node;
-use crate::store::{Outcome, Read, ScanEntry, StoreStats};
+use crate::store::{Condition, Outcome, Read, ScanEntry, StoreStats};
 
 impl From<Cause> for pb::Cause {
     fn from(c: Cause) -> Self {
@@ -96,6 +96,25 @@ pub(crate) fn set_response(o: Outcome, readable: bool) -> pb::SetResponse {
             readable,
             ..Default::default()
         },
+        // The node turns a failed condition into an error first.
+        Outcome::ConditionFailed { current } => pb::SetResponse {
+            version: current,
+            readable,
+            ..Default::default()
+        },
+    }
+}
+
+/// A write's condition from the wire.
+pub(crate) fn condition(c: Option<&pb::Condition>) -> Condition {
+    use pb::condition::Check;
+    match c.and_then(|c| c.check) {
+        None => Condition::Always,
+        Some(Check::IfVersion(v)) => Condition::Version(v),
+        Some(Check::IfExists(true)) => Condition::Exists,
+        Some(Check::IfAbsent(true)) => Condition::Absent,
+        // `false` asks for nothing.
+        Some(Check::IfExists(false) | Check::IfAbsent(false)) => Condition::Always,
     }
 }
 

@@ -20,6 +20,8 @@ impl NodeError {
                 pb::ErrorReason::TooLarge
             }
             NodeError::Store(StoreError::VersionTooNew { .. }) => pb::ErrorReason::VersionTooNew,
+            NodeError::PreconditionFailed { .. } => pb::ErrorReason::PreconditionFailed,
+            NodeError::NotReadable => pb::ErrorReason::NotReadable,
         }
     }
 }
@@ -30,6 +32,8 @@ fn code(reason: pb::ErrorReason) -> Code {
         pb::ErrorReason::TooLarge => Code::ResourceExhausted,
         pb::ErrorReason::StalePlacement => Code::FailedPrecondition,
         pb::ErrorReason::VersionTooNew => Code::OutOfRange,
+        pb::ErrorReason::PreconditionFailed => Code::FailedPrecondition,
+        pb::ErrorReason::NotReadable => Code::Unavailable,
         pb::ErrorReason::Unspecified => Code::Internal,
     }
 }
@@ -43,11 +47,16 @@ impl From<NodeError> for Status {
 impl From<NodeError> for pb::OpError {
     fn from(e: NodeError) -> Self {
         let reason = e.reason();
+        let current_version = match e {
+            NodeError::PreconditionFailed { current } => current,
+            _ => 0,
+        };
         pb::OpError {
             code: code(reason) as i32,
             message: e.to_string(),
             reason: reason as i32,
             placement: 0,
+            current_version,
         }
     }
 }

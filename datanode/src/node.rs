@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeOptions;
 use crate::events::{EventBus, EventKind};
 use crate::lease::Leases;
-use crate::store::{Outcome, Read, Store, StoreError, Write};
+use crate::store::{Condition, Outcome, Read, Store, StoreError, Write};
 use crate::sync::{Marks, SyncState};
 
 /// An open Subscribe stream, listed in the node's Stats until dropped.
@@ -45,6 +45,14 @@ pub enum NodeError {
     BadNodeId(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A conditional write's condition does not hold; `current` is the
+    /// version of the key's value (0: none).
+    #[error("precondition failed: the key's current version is {current}")]
+    PreconditionFailed { current: u64 },
+    /// A conditional write reached a node that does not answer consistent
+    /// reads: it cannot decide the condition.
+    #[error("this node does not answer consistent reads now (syncing, or a manager's read lease missing): it cannot decide a condition")]
+    NotReadable,
 }
 
 /// One running data node; shared by its gRPC service and background tasks.
@@ -217,6 +225,7 @@ impl Node {
         value: &Bytes,
         ttl_ms: u64,
         version: u64,
+        condition: Condition,
     ) -> Result<Outcome, NodeError> {
         self.check_key(key)?;
         if value.len() > self.max_value_bytes {
@@ -226,23 +235,58 @@ impl Node {
             });
         }
         let ttl = (ttl_ms > 0).then(|| Duration::from_millis(ttl_ms));
-        Ok(self.store.apply(Write {
+        self.write(Write {
             key,
             value: Some(value),
             ttl,
             version,
-        })?)
+            condition,
+        })
     }
 
     /// Deletes `key`, leaving a tombstone at `version` (0: the node's clock).
-    pub fn delete(&self, key: &str, version: u64) -> Result<Outcome, NodeError> {
+    pub fn delete(
+        &self,
+        key: &str,
+        version: u64,
+        condition: Condition,
+    ) -> Result<Outcome, NodeError> {
         self.check_key(key)?;
-        Ok(self.store.apply(Write {
+        self.write(Write {
             key,
             value: None,
             ttl: None,
             version,
-        })?)
+            condition,
+        })
+    }
+
+    /// A conditional write is decided only while the node answers
+    /// consistent reads from before it is applied until after: a node that
+    /// stopped (its sync begun, a manager's lease run out) may lack a write
+    /// acknowledged meanwhile, and the condition would be checked against
+    /// an older value. Applied across such a change, it is taken back
+    /// (docs/design/conditional.md).
+    fn write(&self, w: Write<'_>) -> Result<Outcome, NodeError> {
+        if w.condition == Condition::Always {
+            return Ok(self.store.apply(w)?);
+        }
+        let (syncing, generation) = self.sync.phase();
+        if syncing || !self.leases().held() {
+            return Err(NodeError::NotReadable);
+        }
+        let outcome = self.store.apply(w)?;
+        match outcome {
+            Outcome::ConditionFailed { current } => Err(NodeError::PreconditionFailed { current }),
+            Outcome::Applied { version, .. }
+                if self.sync.phase() != (false, generation) || !self.leases().held() =>
+            {
+                self.store.retract(w.key, version);
+                tracing::warn!(key = w.key, version, "conditional write taken back: the node stopped answering reads while applying it");
+                Err(NodeError::NotReadable)
+            }
+            other => Ok(other),
+        }
     }
 
     /// Records a dirty mark for `node_id` and tells subscribers at once.

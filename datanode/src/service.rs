@@ -44,13 +44,15 @@ fn set_response(node: &Node, req: &pb::SetRequest) -> Result<pb::SetResponse, No
     // Readable before or after applying: a read may have seen the write
     // if the node answered reads at any moment from applying it on.
     let before = node.readable();
-    let outcome = node.set(&req.key, &req.value, req.ttl_ms, req.version)?;
+    let condition = convert::condition(req.condition.as_ref());
+    let outcome = node.set(&req.key, &req.value, req.ttl_ms, req.version, condition)?;
     Ok(convert::set_response(outcome, before || node.readable()))
 }
 
 fn delete_response(node: &Node, req: &pb::DeleteRequest) -> Result<pb::DeleteResponse, NodeError> {
     let before = node.readable();
-    let outcome = node.delete(&req.key, req.version)?;
+    let condition = convert::condition(req.condition.as_ref());
+    let outcome = node.delete(&req.key, req.version, condition)?;
     Ok(convert::delete_response(outcome, before || node.readable()))
 }
 
@@ -70,6 +72,7 @@ fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
                 ),
                 reason: pb::ErrorReason::StalePlacement as i32,
                 placement: newest,
+                current_version: 0,
             })),
         };
     }
@@ -82,6 +85,7 @@ fn run_op(node: &Node, op: pb::Op) -> pb::OpResult {
             message: "operation missing".into(),
             reason: pb::ErrorReason::InvalidRequest as i32,
             placement: 0,
+            current_version: 0,
         })),
     };
     let result = result.unwrap_or_else(|e| R::Error(e.into()));

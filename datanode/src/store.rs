@@ -124,6 +124,38 @@ pub enum Outcome {
     },
     /// Not applied: the store holds, or dropped, `version`, which is newer.
     Superseded { version: u64 },
+    /// Not applied: the write's condition does not hold. `current` is the
+    /// version of the key's value (0: it holds none).
+    ConditionFailed { current: u64 },
+}
+
+/// What a conditional write requires of the key's current entry
+/// (docs/design/conditional.md). A tombstone, an expired entry and no
+/// entry are all "absent".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Condition {
+    /// Unconditional.
+    #[default]
+    Always,
+    /// A value with exactly this version.
+    Version(u64),
+    /// A value.
+    Exists,
+    /// No value.
+    Absent,
+}
+
+impl Condition {
+    /// Whether it holds for a key whose live value has version `current`
+    /// (`None`: no live value).
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Condition::Always => true,
+            Condition::Version(v) => current == Some(v),
+            Condition::Exists => current.is_some(),
+            Condition::Absent => current.is_none(),
+        }
+    }
 }
 
 /// A versioned write: a value, or a tombstone when `value` is `None`.
@@ -134,6 +166,8 @@ pub struct Write<'a> {
     pub ttl: Option<Duration>,
     /// 0: stamped with the store's own clock.
     pub version: u64,
+    /// Checked against the current entry in the same step as the write.
+    pub condition: Condition,
 }
 
 /// One entry as a scan hands it out.
@@ -544,6 +578,7 @@ impl Store {
             value,
             ttl,
             version,
+            condition,
         } = w;
         if key.len() > crate::config::MAX_KEY_LIMIT {
             return Err(StoreError::KeyTooLong { len: key.len() });
@@ -581,6 +616,16 @@ impl Store {
             (is_expired(cur, now), cv, newer, !cur.is_tombstone())
         });
         let prior = held.map_or(0, |h| h.1);
+        // Checked before the version: a write that would be superseded is
+        // sent again, newer, and its condition checked again then.
+        let current = held
+            .filter(|&(expired, _, _, live)| !expired && live)
+            .map(|h| h.1);
+        if !condition.holds(current) {
+            return Ok(Outcome::ConditionFailed {
+                current: current.unwrap_or(0),
+            });
+        }
         let replaced = match held {
             Some((true, ..)) => {
                 self.expire(&mut shard, key);
@@ -657,6 +702,28 @@ impl Store {
         })
     }
 
+    /// Takes back a write applied at `version` (the conditional write of a
+    /// node that stopped answering reads while applying it,
+    /// docs/design/conditional.md): the entry is dropped, as an eviction
+    /// would, and the shard's floor raised to `version` so that it cannot
+    /// be written again below it. Returns whether the entry was there.
+    pub fn retract(&self, key: &str, version: u64) -> bool {
+        let mut shard = lock(self.shard(key));
+        shard.floor = shard.floor.max(version);
+        let held = shard
+            .lru
+            .peek(key.as_bytes())
+            .is_some_and(|(_, cur)| cur.version() == version);
+        if !held {
+            return false;
+        }
+        if let Some((_, old)) = shard.lru.remove(key.as_bytes()) {
+            shard.forget(&old);
+            self.publish(&shard, Arc::from(key), Cause::Evicted);
+        }
+        true
+    }
+
     /// Inserts or replaces `key` at a version from the store's own clock.
     /// Returns whether a live value was replaced.
     pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
@@ -665,6 +732,7 @@ impl Store {
             value: Some(value),
             ttl,
             version: 0,
+            condition: Default::default(),
         };
         Ok(matches!(
             self.apply(w)?,
@@ -680,6 +748,7 @@ impl Store {
             value: None,
             ttl: None,
             version: 0,
+            condition: Default::default(),
         };
         matches!(self.apply(w), Ok(Outcome::Applied { replaced: true, .. }))
     }
@@ -1146,11 +1215,140 @@ mod tests {
             value,
             ttl: None,
             version,
+            condition: Default::default(),
         }
     }
 
     fn applied(o: Result<Outcome, StoreError>) -> bool {
         matches!(o, Ok(Outcome::Applied { .. }))
+    }
+
+    #[tokio::test]
+    async fn a_condition_is_checked_against_the_live_value_in_the_same_step() {
+        let s = store(1 << 20, None, 1);
+        let w = |key, value, version, condition| Write {
+            key,
+            value,
+            ttl: None,
+            version,
+            condition,
+        };
+        // Absent: "if absent" holds, "if exists" and a version do not.
+        assert_eq!(
+            s.apply(w("k", Some(b"1"), 10, Condition::Exists)).unwrap(),
+            Outcome::ConditionFailed { current: 0 }
+        );
+        assert_eq!(
+            s.apply(w("k", Some(b"1"), 10, Condition::Version(5)))
+                .unwrap(),
+            Outcome::ConditionFailed { current: 0 }
+        );
+        assert!(matches!(
+            s.apply(w("k", Some(b"1"), 10, Condition::Absent)).unwrap(),
+            Outcome::Applied {
+                version: 10,
+                replaced: false,
+                ..
+            }
+        ));
+        // Present at 10: a second create fails and says what is there.
+        assert_eq!(
+            s.apply(w("k", Some(b"2"), 20, Condition::Absent)).unwrap(),
+            Outcome::ConditionFailed { current: 10 }
+        );
+        // Two writers on base 10: the first wins, the second finds 20.
+        assert!(matches!(
+            s.apply(w("k", Some(b"2"), 20, Condition::Version(10)))
+                .unwrap(),
+            Outcome::Applied {
+                version: 20,
+                replaced: true,
+                prior: 10
+            }
+        ));
+        assert_eq!(
+            s.apply(w("k", Some(b"3"), 30, Condition::Version(10)))
+                .unwrap(),
+            Outcome::ConditionFailed { current: 20 }
+        );
+        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"2"));
+        // A condition that holds with a version not above the current one:
+        // superseded (the writer sends it again, newer).
+        assert_eq!(
+            s.apply(w("k", Some(b"3"), 15, Condition::Version(20)))
+                .unwrap(),
+            Outcome::Superseded { version: 20 }
+        );
+        // A conditional delete leaves a tombstone: absent again.
+        assert!(matches!(
+            s.apply(w("k", None, 40, Condition::Exists)).unwrap(),
+            Outcome::Applied {
+                version: 40,
+                replaced: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            s.apply(w("k", None, 50, Condition::Exists)).unwrap(),
+            Outcome::ConditionFailed { current: 0 }
+        );
+        assert!(matches!(
+            s.apply(w("k", Some(b"4"), 60, Condition::Absent)).unwrap(),
+            Outcome::Applied {
+                version: 60,
+                replaced: false,
+                prior: 40
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_value_is_absent_to_a_condition() {
+        let s = store(1 << 20, None, 1);
+        s.apply(Write {
+            key: "k",
+            value: Some(b"v"),
+            ttl: Some(Duration::from_secs(1)),
+            version: 10,
+            condition: Condition::Always,
+        })
+        .unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let create = Write {
+            key: "k",
+            value: Some(b"w"),
+            ttl: None,
+            version: 20,
+            condition: Condition::Absent,
+        };
+        assert!(matches!(s.apply(create).unwrap(), Outcome::Applied { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_retracted_write_is_gone_and_cannot_come_back_below_it() {
+        let s = store(1 << 20, None, 1);
+        let w = |value, version| Write {
+            key: "k",
+            value: Some(value),
+            ttl: None,
+            version,
+            condition: Condition::Always,
+        };
+        s.apply(w(b"1", 10)).unwrap();
+        s.apply(w(b"2", 20)).unwrap();
+        // Only the named version is taken back.
+        assert!(!s.retract("k", 10));
+        assert!(s.retract("k", 20));
+        assert!(s.get("k").is_none());
+        // The older write, arriving late (a repair), stays out.
+        assert_eq!(
+            s.apply(w(b"1", 10)).unwrap(),
+            Outcome::Superseded { version: 20 }
+        );
+        assert!(matches!(
+            s.apply(w(b"3", 30)).unwrap(),
+            Outcome::Applied { .. }
+        ));
     }
 
     #[tokio::test]
@@ -1370,6 +1568,7 @@ mod tests {
             value: Some(value),
             ttl: None,
             version,
+            condition: Default::default(),
         };
         let ok = s.clock().next();
         assert!(matches!(
@@ -1573,6 +1772,7 @@ mod schedules {
                 value,
                 ttl: None,
                 version,
+                condition: Default::default(),
             })
             .unwrap();
         })

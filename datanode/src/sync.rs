@@ -133,6 +133,12 @@ impl SyncState {
         lock(&self.phase).syncing
     }
 
+    /// Whether syncing, and the generation (raised by every sync begun).
+    pub fn phase(&self) -> (bool, u64) {
+        let p = lock(&self.phase);
+        (p.syncing, p.generation)
+    }
+
     /// Enters (or widens) the syncing state; returns the generation to end
     /// and the effective `since`. A call that brings nothing new (already
     /// syncing from an older point) keeps the generation, so that two
@@ -312,6 +318,7 @@ pub async fn pull(
                     ttl: (e.ttl_remaining_ms > 0)
                         .then(|| Duration::from_millis(e.ttl_remaining_ms)),
                     version: e.version.max(1),
+                    condition: Default::default(),
                 };
                 // A refusal here (too large for this node) leaves the key
                 // absent, which is safe: the other replica serves it.

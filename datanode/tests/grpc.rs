@@ -74,6 +74,7 @@ fn set(key: &str, value: &[u8], ttl_ms: u64) -> pb::SetRequest {
         value: value.to_vec().into(),
         ttl_ms,
         version: 0,
+        condition: None,
     }
 }
 
@@ -100,6 +101,7 @@ async fn set_get_delete_stats() {
         .delete(pb::DeleteRequest {
             key: "k".into(),
             version: 0,
+            condition: None,
         })
         .await
         .unwrap()
@@ -199,6 +201,7 @@ async fn subscribe_starts_with_status_then_numbers_every_change() {
     c.delete(pb::DeleteRequest {
         key: "a".into(),
         version: 0,
+        condition: None,
     })
     .await
     .unwrap();
@@ -412,6 +415,7 @@ async fn batch_stream_answers_each_op_by_id() {
                 pb::op::Op::Delete(pb::DeleteRequest {
                     key: "b".into(),
                     version: 0,
+                    condition: None,
                 }),
             ),
         ],
@@ -592,4 +596,76 @@ async fn health_watch_of_an_unknown_service_streams_service_unknown() {
         .into_inner();
     let s = known.message().await.unwrap().unwrap();
     assert_eq!(s.status, ServingStatus::Serving as i32);
+}
+
+/// A conditional write is decided only by a node that answers consistent
+/// reads (docs/design/conditional.md): a fresh node is syncing and refuses
+/// it, typed, with nothing written; once synced it decides, and a failed
+/// condition says what the key holds.
+#[tokio::test]
+async fn conditional_writes_are_decided_only_while_readable() {
+    let mut n = start(small()).await;
+    let if_absent = || {
+        Some(pb::Condition {
+            check: Some(pb::condition::Check::IfAbsent(true)),
+        })
+    };
+    let create = |value: &[u8]| pb::SetRequest {
+        condition: if_absent(),
+        ..set("k", value, 0)
+    };
+    let e = n.client.set(create(b"1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(stats(&mut n).await.items, 0);
+    // In a batch: the typed reason.
+    let r = one_batch(
+        &mut n,
+        vec![pb::Op {
+            id: 1,
+            op: Some(pb::op::Op::Set(create(b"1"))),
+            placement: 0,
+        }],
+    )
+    .await;
+    let Some(pb::op_result::Result::Error(err)) = &r.results[0].result else {
+        panic!("{r:?}");
+    };
+    assert_eq!(err.reason, pb::ErrorReason::NotReadable as i32);
+
+    let generation = stats(&mut n).await.sync.unwrap_or_default().generation;
+    n.client
+        .end_sync(pb::EndSyncRequest { generation })
+        .await
+        .unwrap();
+    let r = n.client.set(create(b"1")).await.unwrap().into_inner();
+    assert!(!r.replaced);
+    let e = n.client.set(create(b"2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(&r.version.to_string()),
+        "{}",
+        e.message()
+    );
+    let r2 = one_batch(
+        &mut n,
+        vec![pb::Op {
+            id: 2,
+            op: Some(pb::op::Op::Delete(pb::DeleteRequest {
+                key: "k".into(),
+                version: 0,
+                condition: Some(pb::Condition {
+                    check: Some(pb::condition::Check::IfVersion(r.version + 1)),
+                }),
+            })),
+            placement: 0,
+        }],
+    )
+    .await;
+    let Some(pb::op_result::Result::Error(err)) = &r2.results[0].result else {
+        panic!("{r2:?}");
+    };
+    assert_eq!(
+        (err.reason, err.current_version),
+        (pb::ErrorReason::PreconditionFailed as i32, r.version)
+    );
 }

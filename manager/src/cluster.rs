@@ -52,6 +52,15 @@ pub enum ClusterError {
     Overtaken(usize),
     #[error("the write was applied, but a concurrent write reached its replicas in different orders: whether it replaced a value is unknown")]
     StatusUnknown,
+    /// A conditional write's condition does not hold at the key's primary;
+    /// `current`: the version of its value, if it holds one.
+    #[error("precondition failed: the key's current version does not match")]
+    PreconditionFailed { current: Option<u64> },
+    /// A conditional write's primary cannot decide it now (unreachable,
+    /// syncing, or missing a manager's read lease); it is not decided
+    /// elsewhere (docs/design/conditional.md).
+    #[error("the key's primary replica ({node}) cannot decide a conditional write now")]
+    PrimaryUnavailable { node: String },
 }
 
 /// Starts node `index`'s membership task (set once the cluster runs, by

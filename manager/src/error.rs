@@ -40,8 +40,12 @@ impl ApiError {
                 ClusterError::Unavailable
                 | ClusterError::RingIncomplete(_)
                 | ClusterError::NoPlacement
-                | ClusterError::StalePlacement,
+                | ClusterError::StalePlacement
+                | ClusterError::PrimaryUnavailable { .. },
             ) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Cluster(ClusterError::PreconditionFailed { .. }) => {
+                StatusCode::PRECONDITION_FAILED
+            }
             ApiError::Cluster(ClusterError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Cluster(ClusterError::VersionTooNew { .. }) => StatusCode::BAD_GATEWAY,
             // Not a 503: sending the same write again would order it above
@@ -54,6 +58,8 @@ impl ApiError {
                     Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
                     Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                     Refusal::VersionTooNew => StatusCode::BAD_GATEWAY,
+                    Refusal::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+                    Refusal::NotReadable => StatusCode::SERVICE_UNAVAILABLE,
                 }
             }
             ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
@@ -87,6 +93,14 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        // A failed condition says what the key holds now.
+        if let ApiError::Cluster(ClusterError::PreconditionFailed {
+            current: Some(version),
+        }) = self
+        {
+            resp.headers_mut()
+                .insert(header::ETAG, crate::preconditions::etag(version));
         }
         resp
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{header, request::Parts, StatusCode, Version};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +20,9 @@ use crate::admission::{AdmitLayer, TrackLayer};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::node::NodeState;
+use crate::preconditions::{self, etag};
 use crate::query;
+use crate::route::WriteOutcome;
 use crate::state::AppState;
 
 /// Most bytes of an unwanted request body read and thrown away after the
@@ -132,17 +134,43 @@ fn text(status: StatusCode, body: &'static str) -> Response {
     (status, body).into_response()
 }
 
+/// `status` with `body` and the ETag of `version`.
+fn tagged(status: StatusCode, body: &'static str, version: u64) -> Response {
+    (status, [(header::ETAG, etag(version))], body).into_response()
+}
+
+impl From<preconditions::BadCondition> for ApiError {
+    fn from(e: preconditions::BadCondition) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 #[instrument(level = "debug", skip_all, fields(key))]
 async fn get_key(
     State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (key, _) = st.key_query(raw)?;
+    let unless = preconditions::for_read(&headers)?;
     tracing::Span::current().record("key", key.as_str());
     Ok(match st.cluster.get(&key).await? {
-        Some(value) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
-        }
+        Some(found) if unless == Some(found.version) => (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag(found.version))],
+        )
+            .into_response(),
+        Some(found) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/octet-stream"),
+                ),
+                (header::ETAG, etag(found.version)),
+            ],
+            found.value,
+        )
+            .into_response(),
         None => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -257,10 +285,11 @@ async fn set_key(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let parsed = st
-        .key_query(raw)
-        .and_then(|(key, q)| Ok((key, parse_ttl(q.ttl.as_deref())?, q.value)));
-    let (key, ttl, query_value) = match parsed {
+    let parsed = st.key_query(raw).and_then(|(key, q)| {
+        let condition = preconditions::for_write(&parts.headers, true)?;
+        Ok((key, parse_ttl(q.ttl.as_deref())?, q.value, condition))
+    });
+    let (key, ttl, query_value, condition) = match parsed {
         Ok(p) => p,
         Err(e) => {
             discard(&parts, body, st.body_timeout).await;
@@ -282,10 +311,11 @@ async fn set_key(
     let span = tracing::Span::current();
     span.record("key", key.as_str());
     span.record("len", value.len());
-    Ok(if st.cluster.set(&key, value, ttl).await? {
-        text(StatusCode::OK, "updated\n")
+    let WriteOutcome { replaced, version } = st.cluster.set(&key, value, ttl, condition).await?;
+    Ok(if replaced {
+        tagged(StatusCode::OK, "updated\n", version)
     } else {
-        text(StatusCode::CREATED, "created\n")
+        tagged(StatusCode::CREATED, "created\n", version)
     })
 }
 
@@ -293,11 +323,16 @@ async fn set_key(
 async fn delete_key(
     State(st): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (key, _) = st.key_query(raw)?;
+    let condition = preconditions::for_write(&headers, false)?;
     tracing::Span::current().record("key", key.as_str());
-    Ok(if st.cluster.delete(&key).await? {
-        text(StatusCode::OK, "deleted\n")
+    let WriteOutcome { replaced, version } = st.cluster.delete(&key, condition).await?;
+    // The tag of the tombstone left: no condition matches it (the key is
+    // absent), but it orders the delete among the key's versions.
+    Ok(if replaced {
+        tagged(StatusCode::OK, "deleted\n", version)
     } else {
         text(StatusCode::NOT_FOUND, "not found\n")
     })

@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod near_cache;
 pub mod node;
 pub mod placement;
+pub mod preconditions;
 pub mod query;
 pub mod ring;
 pub mod ring_view;

@@ -694,7 +694,10 @@ mod tests {
         near.on_event(1, &status(1));
         near.fill(
             "a",
-            Bytes::from_static(b"1"),
+            crate::client::Found {
+                value: Bytes::from_static(b"1"),
+                version: 1,
+            },
             0,
             10,
             None,
@@ -702,7 +705,10 @@ mod tests {
         );
         near.fill(
             "b",
-            Bytes::from_static(b"2"),
+            crate::client::Found {
+                value: Bytes::from_static(b"2"),
+                version: 1,
+            },
             1,
             1,
             None,
@@ -739,7 +745,10 @@ mod tests {
         // After the notice the stream goes on from the next number.
         near.fill(
             "a",
-            Bytes::from_static(b"1"),
+            crate::client::Found {
+                value: Bytes::from_static(b"1"),
+                version: 1,
+            },
             0,
             14,
             None,

@@ -25,11 +25,11 @@ use std::sync::{
     Mutex, MutexGuard,
 };
 
-use bytes::Bytes;
 use lru::LruCache;
 use ringcache_proto::pb;
 use tokio::time::Instant;
 
+use crate::client::Found;
 use crate::listener::EventListener;
 
 /// Bytes charged per entry besides key and value.
@@ -39,7 +39,7 @@ const SHARDS: usize = 16;
 const NO_STREAM: u64 = u64::MAX;
 
 struct Entry {
-    value: Bytes,
+    value: Found,
     node: usize,
     expires: Option<Instant>,
 }
@@ -57,7 +57,7 @@ struct Shard {
 impl Shard {
     fn remove(&mut self, key: &str) {
         if let Some((k, e)) = self.lru.pop_entry(key) {
-            self.used -= size(&k, &e.value);
+            self.used -= size(&k, &e.value.value);
         }
     }
 }
@@ -193,7 +193,7 @@ impl NearCache {
         &self.shards[(h as usize) % SHARDS]
     }
 
-    pub fn get(&self, key: &str) -> Option<Bytes> {
+    pub fn get(&self, key: &str) -> Option<Found> {
         let mut shard = lock(self.shard(key));
         let found = match shard.lru.get(key) {
             // Kept but not served while its node's stream may be behind:
@@ -229,13 +229,13 @@ impl NearCache {
     pub fn fill(
         &self,
         key: &str,
-        value: Bytes,
+        value: Found,
         node: usize,
         seq: u64,
         ttl: Option<Duration>,
         generation: u64,
     ) {
-        let entry_size = size(key, &value);
+        let entry_size = size(key, &value.value);
         let mut shard = lock(self.shard(key));
         if entry_size > shard.limit || shard.generation != generation {
             return;
@@ -263,7 +263,7 @@ impl NearCache {
             let Some((k, e)) = shard.lru.pop_lru() else {
                 break;
             };
-            shard.used -= size(&k, &e.value);
+            shard.used -= size(&k, &e.value.value);
         }
     }
 
@@ -382,8 +382,11 @@ mod tests {
         ev(seq, pb::event::Kind::Status(pb::Status { stats: None }))
     }
 
-    fn v(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
+    fn v(s: &str) -> Found {
+        Found {
+            value: bytes::Bytes::copy_from_slice(s.as_bytes()),
+            version: 1,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -573,9 +576,7 @@ mod schedules {
                 let generation = near.generation("k");
                 let filler = {
                     let near = near.clone();
-                    thread::spawn(move || {
-                        near.fill("k", Bytes::from_static(b"old"), 0, 10, None, generation)
-                    })
+                    thread::spawn(move || near.fill("k", v("old"), 0, 10, None, generation))
                 };
                 let racer = {
                     let near = near.clone();

@@ -117,6 +117,13 @@ impl WriteRound {
         !self.answers.is_empty()
     }
 
+    /// The version the write holds once taken: its newest attempt that a
+    /// replica applied (an attempt is made only when no reader can have
+    /// seen the ones before).
+    pub fn version(&self) -> Option<u64> {
+        self.answers.iter().map(|a| a.version).max()
+    }
+
     /// Each replica's last applied attempt, with what it replaced before
     /// this write: where the attempt replaced one of this write's own
     /// earlier attempts on that replica, what that one replaced.

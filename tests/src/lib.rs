@@ -409,6 +409,7 @@ pub struct Reply {
     pub status: u16,
     pub body: bytes::Bytes,
     pub retry_after: Option<String>,
+    pub etag: Option<String>,
 }
 
 impl Reply {
@@ -450,11 +451,37 @@ impl Api {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Reply {
             status,
             retry_after,
+            etag,
             body: resp.bytes().await.expect("response body"),
         }
+    }
+
+    /// `method` on key `key` (with `value` in the query, if any) and extra
+    /// request headers (conditions).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        value: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = match value {
+            Some(v) => format!("{}/?key={key}&value={v}", self.base),
+            None => format!("{}/?key={key}", self.base),
+        };
+        let mut req = self.http.request(method, url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req).await
     }
 
     pub async fn get(&self, key: &str) -> Reply {

@@ -128,6 +128,7 @@ async fn a_version_from_the_far_future_is_refused_and_cannot_drag_the_clocks() {
         value: b"forged".to_vec().into(),
         ttl_ms: 0,
         version: u64::MAX - 5000,
+        condition: None,
     };
     let mut lax = NODE_ARGS.to_vec();
     lax.extend(["--max-clock-skew", "100000d"]);
@@ -237,6 +238,7 @@ async fn a_node_that_refuses_the_managers_versions_serves_nothing_stale() {
         value: b"x".to_vec().into(),
         ttl_ms: 0,
         version: version_ahead(std::time::Duration::from_secs(30)),
+        condition: None,
     };
     n1.set(ahead).await.expect("within node1's bound");
     // Writes until one reaches node2 and is refused there (the manager

@@ -48,6 +48,7 @@ async fn memory_bound_holds_under_a_fill_of_three_times_the_limit() {
                     value: value.clone(),
                     ttl_ms: 0,
                     version: 0,
+                    condition: None,
                 })),
             })
             .collect::<Vec<_>>();

@@ -101,6 +101,7 @@ async fn one(
                 value: value.clone(),
                 ttl_ms: 0,
                 version: 0,
+                condition: None,
             })
             .await
             .map(|_| true),

@@ -114,6 +114,7 @@ async fn load_datanode(args: &Args, names: &KeyNames) -> Result<(), String> {
                         value: value.clone(),
                         ttl_ms,
                         version: 0,
+                        condition: None,
                     })),
                 })
                 .collect();

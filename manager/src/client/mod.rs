@@ -100,6 +100,44 @@ pub enum Refusal {
     /// The version is further ahead of the node's clock than it accepts
     /// (this manager's clock, or the node's, is wrong): HTTP 502.
     VersionTooNew,
+    /// A conditional write's condition does not hold there; `current` is
+    /// the version of the key's value (0: none). HTTP 412.
+    PreconditionFailed { current: u64 },
+    /// A conditional write to a node that does not answer consistent reads
+    /// now: it cannot decide. HTTP 503.
+    NotReadable,
+}
+
+/// What a conditional write requires of the key's value at its primary
+/// (docs/design/conditional.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// A value with exactly this version.
+    Version(u64),
+    /// A value.
+    Exists,
+    /// No value.
+    Absent,
+}
+
+impl Condition {
+    fn to_pb(self) -> pb::Condition {
+        use pb::condition::Check;
+        pb::Condition {
+            check: Some(match self {
+                Condition::Version(v) => Check::IfVersion(v),
+                Condition::Exists => Check::IfExists(true),
+                Condition::Absent => Check::IfAbsent(true),
+            }),
+        }
+    }
+}
+
+/// A value as a client sees it: with its version (its ETag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub value: Bytes,
+    pub version: u64,
 }
 
 /// A found value.
@@ -398,6 +436,10 @@ impl NodeClient {
             Ok(pb::ErrorReason::InvalidRequest) => refused(Refusal::InvalidRequest),
             Ok(pb::ErrorReason::TooLarge) => refused(Refusal::TooLarge),
             Ok(pb::ErrorReason::VersionTooNew) => refused(Refusal::VersionTooNew),
+            Ok(pb::ErrorReason::PreconditionFailed) => refused(Refusal::PreconditionFailed {
+                current: e.current_version,
+            }),
+            Ok(pb::ErrorReason::NotReadable) => refused(Refusal::NotReadable),
             Ok(pb::ErrorReason::Unspecified) | Err(_) => CallError::Status {
                 node,
                 status: Status::new(Code::from(e.code), e.message),
@@ -448,7 +490,21 @@ impl NodeClient {
         version: u64,
         placement: u64,
     ) -> Result<Written, CallError> {
+        self.write_if(key, change, version, placement, None).await
+    }
+
+    /// As [`NodeClient::write`], applied only if `condition` holds for the
+    /// key's value on the node (checked in the same step).
+    pub async fn write_if(
+        &self,
+        key: &str,
+        change: &Change,
+        version: u64,
+        placement: u64,
+        condition: Option<Condition>,
+    ) -> Result<Written, CallError> {
         let key = key.to_string();
+        let condition = condition.map(Condition::to_pb);
         let op = match change {
             Change::Set { value, ttl } => pb::op::Op::Set(pb::SetRequest {
                 key,
@@ -456,8 +512,13 @@ impl NodeClient {
                 // Saturate: a huge TTL must not wrap around to a tiny one.
                 ttl_ms: ttl.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
                 version,
+                condition,
             }),
-            Change::Delete => pb::op::Op::Delete(pb::DeleteRequest { key, version }),
+            Change::Delete => pb::op::Op::Delete(pb::DeleteRequest {
+                key,
+                version,
+                condition,
+            }),
         };
         let (applied, superseded, version) = match self.op(op, placement).await? {
             // `applied.readable` is the node's flag whatever the outcome.
@@ -645,6 +706,7 @@ mod tests {
             message: "m".into(),
             reason: reason as i32,
             placement: 9,
+            current_version: 7,
         }
     }
 
@@ -676,6 +738,29 @@ mod tests {
             Code::FailedPrecondition,
         ));
         assert!(matches!(e, CallError::StalePlacement { newest: 9, .. }));
+        assert!(!e.is_node_failure());
+        // A failed condition is the answer, with what the key holds; a node
+        // that cannot decide one is not taken out for it.
+        let e = c.op_error(op_error(
+            pb::ErrorReason::PreconditionFailed,
+            Code::FailedPrecondition,
+        ));
+        assert!(matches!(
+            e,
+            CallError::Refused {
+                refusal: Refusal::PreconditionFailed { current: 7 },
+                ..
+            }
+        ));
+        assert!(!e.is_node_failure());
+        let e = c.op_error(op_error(pb::ErrorReason::NotReadable, Code::Unavailable));
+        assert!(matches!(
+            e,
+            CallError::Refused {
+                refusal: Refusal::NotReadable,
+                ..
+            }
+        ));
         assert!(!e.is_node_failure());
         // No reason (an older node): by code.
         let e = c.op_error(op_error(pb::ErrorReason::Unspecified, Code::Unavailable));

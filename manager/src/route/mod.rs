@@ -11,6 +11,9 @@
 //!   that it missed writes survives this manager.
 //! - Reads go to the first readable replica; its value, tombstone or miss
 //!   is final (the replica that decides a write's fate and status).
+//! - Conditional writes ([`conditional`]) are decided at the key's primary
+//!   alone, then sent to the other replicas as plain versioned writes
+//!   (docs/design/conditional.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +22,21 @@ use crate::client::CallError;
 use crate::cluster::{Cluster, ClusterError, WRITE_ATTEMPTS};
 use crate::ring_view::RingView;
 
+mod conditional;
 mod read;
 mod write;
+
+/// What an acknowledged write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// It replaced (or deleted) a live value, as a read just before it
+    /// would have said.
+    pub replaced: bool,
+    /// The version the key holds after it (its ETag).
+    pub version: u64,
+}
+
+pub use crate::client::Found;
 
 /// Pause before asking again replicas that all lacked a read lease.
 const UNLEASED_RETRY: Duration = Duration::from_millis(50);

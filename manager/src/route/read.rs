@@ -7,24 +7,22 @@
 //! there means the key was evicted or dropped, which a cache may always
 //! answer; the client's next write recreates it.
 
-use bytes::Bytes;
-
 use super::Routed;
-use crate::client::Read;
+use crate::client::{Found, Read};
 use crate::cluster::{Cluster, ClusterError};
 
 impl Cluster {
     /// Reads from the first readable replica, falling over to the next on an
     /// error, a deadline, or a replica that cannot answer reads (syncing,
     /// unleased). A value, a tombstone or a miss is final.
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, ClusterError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Found>, ClusterError> {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
         }
         self.routed(|| self.get_once(key)).await
     }
 
-    async fn get_once(&self, key: &str) -> Result<Option<Bytes>, Routed> {
+    async fn get_once(&self, key: &str) -> Result<Option<Found>, Routed> {
         let view = self.placement()?;
         let nodes = self.nodes();
         let generation = self.near.as_ref().map(|n| n.generation(key));
@@ -41,10 +39,14 @@ impl Cluster {
             match r {
                 Ok(Read::Hit(hit)) => {
                     self.observe(i, hit.version);
+                    let found = Found {
+                        value: hit.value,
+                        version: hit.version,
+                    };
                     if let (Some(near), Some(generation)) = (&self.near, generation) {
-                        near.fill(key, hit.value.clone(), i, hit.seq, hit.ttl, generation);
+                        near.fill(key, found.clone(), i, hit.seq, hit.ttl, generation);
                     }
-                    return Ok(Some(hit.value));
+                    return Ok(Some(found));
                 }
                 Ok(Read::Deleted(version)) => {
                     self.observe(i, version);

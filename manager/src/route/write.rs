@@ -7,33 +7,46 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use std::time::Duration;
 
-use super::Routed;
-use crate::client::{Change, Written};
+use super::{Routed, WriteOutcome};
+use crate::client::{Change, Condition, Written};
 use crate::cluster::{Cluster, ClusterError, WRITE_ATTEMPTS};
 use crate::write_round::{Next as Round, WriteRound};
 
 impl Cluster {
     /// Writes to every writable replica at once; acknowledged when at least
-    /// one took it. Returns whether any replica replaced a live value.
+    /// one took it. With a condition, decided at the key's primary first
+    /// (docs/design/conditional.md).
     pub async fn set(
         &self,
         key: &str,
         value: Bytes,
         ttl: Option<Duration>,
-    ) -> Result<bool, ClusterError> {
-        self.write(key, Change::Set { value, ttl }).await
+        condition: Option<Condition>,
+    ) -> Result<WriteOutcome, ClusterError> {
+        let change = Change::Set { value, ttl };
+        match condition {
+            None => self.write(key, change).await,
+            Some(c) => self.write_if(key, change, c).await,
+        }
     }
 
-    /// Deletes from every writable replica (leaving tombstones); true if any
-    /// replica held a live value.
-    pub async fn delete(&self, key: &str) -> Result<bool, ClusterError> {
-        self.write(key, Change::Delete).await
+    /// Deletes from every writable replica (leaving tombstones); `replaced`
+    /// when it deleted a live value.
+    pub async fn delete(
+        &self,
+        key: &str,
+        condition: Option<Condition>,
+    ) -> Result<WriteOutcome, ClusterError> {
+        match condition {
+            None => self.write(key, Change::Delete).await,
+            Some(c) => self.write_if(key, Change::Delete, c).await,
+        }
     }
 
     /// Refuses a value that one of the replicas could not store, before
     /// anything is written (so replicas with different limits never
     /// disagree on a value).
-    fn check_limits(
+    pub(super) fn check_limits(
         &self,
         key: &str,
         change: &Change,
@@ -66,12 +79,12 @@ impl Cluster {
         Ok(())
     }
 
-    async fn write(&self, key: &str, change: Change) -> Result<bool, ClusterError> {
+    async fn write(&self, key: &str, change: Change) -> Result<WriteOutcome, ClusterError> {
         self.routed(|| self.write_once(key, &change)).await
     }
 
     /// One write routed by the current placement.
-    async fn write_once(&self, key: &str, change: &Change) -> Result<bool, Routed> {
+    async fn write_once(&self, key: &str, change: &Change) -> Result<WriteOutcome, Routed> {
         let view = self.placement()?;
         let nodes = self.nodes();
         let targets = view.write_targets(key, self.replicas);
@@ -183,7 +196,10 @@ impl Cluster {
             // reader can have seen this write (write_round.rs).
             result = match (round.next(attempt < WRITE_ATTEMPTS), refused) {
                 (Round::Again, _) => continue,
-                (Round::Taken(replaced), _) => Ok(replaced),
+                (Round::Taken(replaced), _) => Ok(WriteOutcome {
+                    replaced,
+                    version: round.version().unwrap_or(version),
+                }),
                 (_, Some(err)) => Err(err),
                 (Round::Overtaken, None) => Err(ClusterError::Overtaken(WRITE_ATTEMPTS)),
                 (Round::Unsure, _) => Err(ClusterError::StatusUnknown),
@@ -195,30 +211,40 @@ impl Cluster {
         // replicas that missed it are marked like those of an acknowledged
         // one.
         if matches!(result, Ok(_) | Err(ClusterError::StatusUnknown)) {
-            // Replicas that missed the write must be known to have missed
-            // it, by nodes that outlive this manager, before it is
-            // acknowledged: a mark from this write's version on, placed for
-            // this write (an earlier one may have been cleared by another
-            // manager's repair meanwhile); and, with leases, they must have
-            // stopped answering reads (another manager may still reach them).
-            let since = first.unwrap_or_default();
-            for &i in &skipped {
-                if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
-                    // The nodes do not wait for our lease: nothing
-                    // stops a reader of the replica that missed it.
-                    return Err(ClusterError::Unavailable.into());
-                }
-                if !self.await_marked(i, since).await {
-                    tracing::warn!(node = %nodes[i].addr(), "the dirty mark was not held in time: write not acknowledged");
-                    return Err(ClusterError::Unavailable.into());
-                }
-                self.await_unleased(i).await;
-                // Still registered (it may have lapsed while waiting).
-                if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
-                    return Err(ClusterError::Unavailable.into());
-                }
-            }
+            self.settle_skipped(&skipped, first.unwrap_or_default())
+                .await?;
         }
         result.map_err(Routed::from)
+    }
+
+    /// Replicas that missed a write must be known to have missed it, by
+    /// nodes that outlive this manager, before it is acknowledged: a mark
+    /// from the write's (first attempt's) version `since` on, placed for
+    /// this write (an earlier one may have been cleared by another
+    /// manager's repair meanwhile); and, with leases, they must have
+    /// stopped answering reads (another manager may still reach them).
+    pub(super) async fn settle_skipped(
+        &self,
+        skipped: &[usize],
+        since: u64,
+    ) -> Result<(), ClusterError> {
+        let nodes = self.nodes();
+        for &i in skipped {
+            if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
+                // The nodes do not wait for our lease: nothing stops a
+                // reader of the replica that missed it.
+                return Err(ClusterError::Unavailable);
+            }
+            if !self.await_marked(i, since).await {
+                tracing::warn!(node = %nodes[i].addr(), "the dirty mark was not held in time: write not acknowledged");
+                return Err(ClusterError::Unavailable);
+            }
+            self.await_unleased(i).await;
+            // Still registered (it may have lapsed while waiting).
+            if self.lease.is_some() && !self.registered.load(Ordering::Acquire) {
+                return Err(ClusterError::Unavailable);
+            }
+        }
+        Ok(())
     }
 }
