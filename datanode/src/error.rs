@@ -14,6 +14,7 @@ impl NodeError {
             NodeError::EmptyKey
             | NodeError::KeyTooLong { .. }
             | NodeError::BadNodeId(_)
+            | NodeError::OwnMark
             | NodeError::Store(StoreError::KeyTooLong { .. }) => pb::ErrorReason::InvalidRequest,
             NodeError::ValueTooLarge { .. }
             | NodeError::Store(StoreError::TooLarge { .. } | StoreError::Full) => {

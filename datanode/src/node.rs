@@ -43,6 +43,8 @@ pub enum NodeError {
     ValueTooLarge { len: usize, max: usize },
     #[error("node id {0:?} is invalid")]
     BadNodeId(String),
+    #[error("a node cannot hold a dirty mark about itself")]
+    OwnMark,
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A conditional write's condition does not hold; `current` is the
@@ -293,6 +295,14 @@ impl Node {
     pub fn mark(&self, node_id: &str, since: u64) -> Result<u64, NodeError> {
         if node_id.is_empty() || node_id.len() > 1024 {
             return Err(NodeError::BadNodeId(node_id.chars().take(64).collect()));
+        }
+        // A mark dies with its holder: about itself, it would record
+        // nothing that outlives the node, and a manager that read it would
+        // take the node for one that missed writes, again and again (seen
+        // in the container test: a manager with two handles for one node
+        // sent the node its own mark, and repaired it every heartbeat).
+        if node_id == self.id {
+            return Err(NodeError::OwnMark);
         }
         let (generation, news) = self.marks.mark(node_id, since);
         if news {

@@ -669,3 +669,34 @@ async fn conditional_writes_are_decided_only_while_readable() {
         (pb::ErrorReason::PreconditionFailed as i32, r.version)
     );
 }
+
+/// Seen in the container test: a manager with two handles for one node
+/// sent the node a dirty mark about itself, which the node then reported in
+/// every heartbeat, and the manager repaired it every second (and, once a
+/// peer was gone for good, held it back for ever). A mark about itself is
+/// refused; marks about others are kept.
+#[tokio::test]
+async fn a_node_refuses_a_dirty_mark_about_itself() {
+    let mut n = start(small()).await;
+    let e = n
+        .client
+        .mark(pb::MarkRequest {
+            node_id: "test-node".into(),
+            since: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    n.client
+        .mark(pb::MarkRequest {
+            node_id: "other".into(),
+            since: 5,
+        })
+        .await
+        .unwrap();
+    let marks = stats(&mut n).await.marks;
+    assert_eq!(
+        marks.iter().map(|m| m.node_id.as_str()).collect::<Vec<_>>(),
+        ["other"]
+    );
+}

@@ -62,8 +62,13 @@ async fn broadcast_marks(
         let mut calls: futures::stream::FuturesUnordered<_> = nodes
             .iter()
             .enumerate()
+            // Not the node itself under another handle (a node refuses a
+            // mark about itself anyway).
             .filter(|&(i, n)| {
-                i != index && !n.is_retired() && n.id().is_some() && n.state() != NodeState::Down
+                i != index
+                    && !n.is_retired()
+                    && n.id().is_some_and(|peer| peer != id)
+                    && n.state() != NodeState::Down
             })
             .map(|(_, n)| {
                 let (client, id) = (n.client.clone(), id.clone());

@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::durable_marks::StoredMark;
 use crate::listener::EventListener;
 use crate::node::{NodeHandle, NodeState};
+use crate::placement::model::MemberState;
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -409,8 +410,22 @@ impl PeerMarks {
 /// and in etcd; and who of them did not answer.
 async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> PeerMarks {
     let nodes = cluster.nodes();
+    // Not the node itself under another handle.
     let peers: Vec<usize> = (0..nodes.len())
-        .filter(|&i| i != index && !nodes[i].is_retired())
+        .filter(|&i| i != index && !nodes[i].is_retired() && nodes[i].id().as_deref() != Some(id))
+        .collect();
+    // A leaving peer (membership needs etcd, which holds every mark too)
+    // that does not answer is not waited for: it may be gone for good, and
+    // its hand-off may be waiting for this very node to be up (seen in the
+    // container test: a scale-down stuck for ever). What only it held is
+    // lost either way; the ranges shared with it are dropped by the copy.
+    let leaving: Vec<String> = cluster
+        .view()
+        .placement
+        .iter()
+        .flat_map(|p| p.members.iter())
+        .filter(|m| m.state == MemberState::Leaving)
+        .map(|m| m.id.clone())
         .collect();
     let stored = async {
         match cluster.durable_marks() {
@@ -443,6 +458,10 @@ async fn peer_marks(cluster: &Cluster, index: usize, id: &str) -> PeerMarks {
                     .filter(|m| m.node_id == id)
                     .map(|m| (i, m)),
             ),
+            Err(_) if nodes[i].id().is_some_and(|peer| leaving.contains(&peer)) => {
+                tracing::info!(node = %id, peer = %nodes[i].addr(),
+                    "a leaving peer does not answer: not waited for");
+            }
             Err(_) => out.unanswered.push(nodes[i].addr().to_string()),
         }
     }
