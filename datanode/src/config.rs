@@ -59,6 +59,23 @@ pub struct NodeOptions {
     #[arg(long, env = "DATANODE_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = parse_interval)]
     pub heartbeat_interval: Duration,
 
+    /// Hot keys reported in Stats and heartbeats (0: none tracked).
+    #[arg(long, env = "DATANODE_HOT_KEYS", default_value_t = 5)]
+    pub hot_keys: usize,
+
+    /// One request in this many is counted for the hot keys (1: every one).
+    #[arg(long, env = "DATANODE_HOT_KEY_SAMPLE", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hot_key_sample: u64,
+
+    /// The hot keys' sliding window.
+    #[arg(long, env = "DATANODE_HOT_KEY_WINDOW", default_value = "10s", value_parser = parse_interval)]
+    pub hot_key_window: Duration,
+
+    /// A key above this share of a window's requests is logged (once per
+    /// window); 0 logs none.
+    #[arg(long, env = "DATANODE_HOT_KEY_LOG_SHARE", default_value_t = 0.25)]
+    pub hot_key_log_share: f64,
+
     /// Interval of the sweep that frees expired entries.
     #[arg(long, env = "DATANODE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sweep_interval: Duration,

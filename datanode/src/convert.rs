@@ -44,6 +44,19 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
         placement: node.placement(),
         leases: node.leases().list(),
         subscribers: node.subscribers(),
+        hot_keys: node
+            .hot_keys()
+            .map(|h| {
+                h.top(node.hot_keys_reported())
+                    .into_iter()
+                    .map(|k| pb::HotKey {
+                        key: k.key,
+                        rate: k.rate,
+                        share_permille: (k.share * 1000.0).round() as u32,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

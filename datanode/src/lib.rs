@@ -15,6 +15,7 @@ pub mod config;
 mod convert;
 pub mod error;
 pub mod events;
+pub mod hotkeys;
 pub mod lease;
 pub mod node;
 mod primitives;

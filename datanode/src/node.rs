@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeOptions;
 use crate::events::{EventBus, EventKind};
+use crate::hotkeys::HotKeys;
 use crate::lease::Leases;
 use crate::store::{Condition, Outcome, Read, Store, StoreError, Write};
 use crate::sync::{Marks, SyncState};
@@ -74,6 +75,9 @@ pub struct Node {
     leases: Leases,
     /// Open Subscribe streams by subscriber id (a manager's), counted.
     subscribers: crate::primitives::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// The keys taking most requests (`--hot-keys`; none when 0).
+    hot: Option<HotKeys>,
+    hot_reported: usize,
     /// Cancelled at shutdown: ends subscriptions and background tasks.
     shutdown: CancellationToken,
     /// TLS towards peers this node copies from (`Pull`), when on.
@@ -102,9 +106,33 @@ impl Node {
             placement: AtomicU64::new(0),
             leases: Leases::default(),
             subscribers: crate::primitives::Mutex::new(std::collections::BTreeMap::new()),
+            hot: (opts.hot_keys > 0).then(|| {
+                HotKeys::new(
+                    opts.hot_key_sample,
+                    opts.hot_key_window,
+                    opts.hot_key_log_share,
+                )
+            }),
+            hot_reported: opts.hot_keys,
             shutdown,
             peer_tls,
         })
+    }
+
+    pub fn hot_keys(&self) -> Option<&HotKeys> {
+        self.hot.as_ref()
+    }
+
+    /// How many hot keys Stats reports.
+    pub fn hot_keys_reported(&self) -> usize {
+        self.hot_reported
+    }
+
+    /// Counts a client request for `key` (not repair copies).
+    fn requested(&self, key: &str) {
+        if let Some(h) = &self.hot {
+            h.record(key);
+        }
     }
 
     pub fn peer_tls(&self) -> Option<&Arc<ringcache_common::tls::ClientTls>> {
@@ -214,6 +242,7 @@ impl Node {
     /// so it gives no answer at all.
     pub fn get(&self, key: &str, consistent: bool) -> Result<Option<Read>, NodeError> {
         self.check_key(key)?;
+        self.requested(key);
         if consistent && self.sync.is_syncing() {
             return Ok(None);
         }
@@ -230,6 +259,7 @@ impl Node {
         condition: Condition,
     ) -> Result<Outcome, NodeError> {
         self.check_key(key)?;
+        self.requested(key);
         if value.len() > self.max_value_bytes {
             return Err(NodeError::ValueTooLarge {
                 len: value.len(),
@@ -254,6 +284,7 @@ impl Node {
         condition: Condition,
     ) -> Result<Outcome, NodeError> {
         self.check_key(key)?;
+        self.requested(key);
         self.write(Write {
             key,
             value: None,

@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))
+        .route("/cluster/hotkeys", get(crate::hotkeys::hot_keys))
         .route(
             "/cluster/nodes",
             post(crate::admin::add_node)
@@ -366,6 +367,8 @@ struct ClusterView {
     near_cache: Option<NearView>,
     /// What an operator should fix (e.g. several managers without etcd).
     warnings: Vec<String>,
+    /// The hottest keys across the nodes (all of them: /cluster/hotkeys).
+    hot_keys: Vec<crate::hotkeys::HotKeyRow>,
 }
 
 #[derive(Serialize)]
@@ -489,5 +492,10 @@ async fn cluster_status(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
         nodes,
         near_cache,
         warnings: st.cluster.warnings(),
+        hot_keys: {
+            let mut hot = crate::hotkeys::merge(&st.cluster);
+            hot.truncate(10);
+            hot
+        },
     })
 }

@@ -38,6 +38,7 @@ pub mod embedded;
 pub mod error;
 pub mod faults;
 pub mod health;
+pub mod hotkeys;
 pub mod http;
 pub mod leases;
 pub mod listener;

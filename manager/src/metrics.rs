@@ -241,6 +241,25 @@ impl Collector for NodeSnapshot {
             MetricType::Counter,
             self.future_versions,
         )?;
+        // At most --hot-keys series per node (5 by default): the label set
+        // stays bounded, whatever the key space.
+        let mut hot = encoder.encode_descriptor(
+            "ringcache_node_hot_key_requests_per_second",
+            "Estimated requests per second of the keys taking most of each data node's \
+             requests (rank 1 is the hottest), from its last heartbeat",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (addr, _, stats) in &self.nodes {
+            for (rank, k) in stats.iter().flat_map(|s| s.hot_keys.iter()).enumerate() {
+                let labels = [
+                    ("node", addr.clone()),
+                    ("rank", (rank + 1).to_string()),
+                    ("key", k.key.clone()),
+                ];
+                encode_const(hot.encode_family(&labels)?, MetricType::Gauge, k.rate)?;
+            }
+        }
         if let Some((items, bytes, hits, misses)) = self.near_cache {
             for (name, kind, help, v) in [
                 (

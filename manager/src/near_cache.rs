@@ -576,7 +576,13 @@ mod schedules {
                 let generation = near.generation("k");
                 let filler = {
                     let near = near.clone();
-                    thread::spawn(move || near.fill("k", v("old"), 0, 10, None, generation))
+                    thread::spawn(move || {
+                        let old = Found {
+                            value: bytes::Bytes::from_static(b"old"),
+                            version: 1,
+                        };
+                        near.fill("k", old, 0, 10, None, generation)
+                    })
                 };
                 let racer = {
                     let near = near.clone();

@@ -323,6 +323,25 @@
     renderCharts(now);
     renderNear(cluster.near_cache);
     renderWarnings(cluster.warnings);
+    renderHotKeys(cluster.hot_keys);
+  }
+
+  // Each node's estimate of the keys taking most of its requests: a key
+  // is listed once per replica its traffic reaches.
+  function renderHotKeys(hot) {
+    const rows = (Array.isArray(hot) ? hot : []).map((k) => {
+      const tr = el("tr");
+      const share = el("td", "share");
+      if (isNum(k.share)) {
+        share.appendChild(bar(k.share, k.share > 0.5 ? "bar-crit" : k.share > 0.2 ? "bar-warn" : ""));
+        share.appendChild(el("span", "mem-text", fmtPct(k.share)));
+      }
+      tr.append(el("td", "key", String(k.key ?? "")), el("td", "node", String(k.node ?? "–")),
+        el("td", "num rate", fmtInt(k.rate)), share);
+      return tr;
+    });
+    $("hotkeys").tBodies[0].replaceChildren(...rows);
+    $("hotkeys-none").hidden = rows.length > 0;
   }
 
   // What the manager says an operator should fix (several managers

@@ -566,6 +566,12 @@ impl Api {
         .await
     }
 
+    /// `GET` of a path (with its query) other than a key's.
+    pub async fn get_path(&self, path_and_query: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path_and_query}", self.base)))
+            .await
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.send(self.http.get(format!("{}/metrics", self.base)))
