@@ -57,6 +57,7 @@ pub(crate) fn stats(node: &Node, s: StoreStats) -> pb::StatsResponse {
                     .collect()
             })
             .unwrap_or_default(),
+        conditional_writes: true,
     }
 }
 
@@ -109,9 +110,13 @@ pub(crate) fn set_response(o: Outcome, readable: bool) -> pb::SetResponse {
             readable,
             ..Default::default()
         },
-        // The node turns a failed condition into an error first.
+        // The node turns a failed condition or fence into an error first.
         Outcome::ConditionFailed { current } => pb::SetResponse {
             version: current,
+            readable,
+            ..Default::default()
+        },
+        Outcome::Fenced => pb::SetResponse {
             readable,
             ..Default::default()
         },

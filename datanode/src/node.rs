@@ -295,11 +295,12 @@ impl Node {
     }
 
     /// A conditional write is decided only while the node answers
-    /// consistent reads from before it is applied until after: a node that
-    /// stopped (its sync begun, a manager's lease run out) may lack a write
-    /// acknowledged meanwhile, and the condition would be checked against
-    /// an older value. Applied across such a change, it is taken back
-    /// (docs/design/conditional.md).
+    /// consistent reads: a node that stopped (its sync begun, a manager's
+    /// lease run out) may lack a write acknowledged meanwhile, and the
+    /// condition would be checked against an older value. Checked before,
+    /// and again under the shard lock once the write is in place (after
+    /// any stall of this thread), where it is undone if the node stopped
+    /// meanwhile (docs/design/conditional.md).
     fn write(&self, w: Write<'_>) -> Result<Outcome, NodeError> {
         if w.condition == Condition::Always {
             return Ok(self.store.apply(w)?);
@@ -308,14 +309,14 @@ impl Node {
         if syncing || !self.leases().held() {
             return Err(NodeError::NotReadable);
         }
-        let outcome = self.store.apply(w)?;
-        match outcome {
+        let still_readable = || self.sync.phase() == (false, generation) && self.leases().held();
+        match self.store.apply_fenced(w, &still_readable)? {
             Outcome::ConditionFailed { current } => Err(NodeError::PreconditionFailed { current }),
-            Outcome::Applied { version, .. }
-                if self.sync.phase() != (false, generation) || !self.leases().held() =>
-            {
-                self.store.retract(w.key, version);
-                tracing::warn!(key = w.key, version, "conditional write taken back: the node stopped answering reads while applying it");
+            Outcome::Fenced => {
+                tracing::warn!(
+                    key = w.key,
+                    "conditional write undone: the node stopped answering reads while applying it"
+                );
                 Err(NodeError::NotReadable)
             }
             other => Ok(other),

@@ -127,6 +127,9 @@ pub enum Outcome {
     /// Not applied: the write's condition does not hold. `current` is the
     /// version of the key's value (0: it holds none).
     ConditionFailed { current: u64 },
+    /// Not applied: the fence of [`Store::apply_fenced`] failed once the
+    /// write was in place, and it was taken back under the shard lock.
+    Fenced,
 }
 
 /// What a conditional write requires of the key's current entry
@@ -561,17 +564,37 @@ impl Store {
     /// Applies a versioned write (see the module doc). Least recently used
     /// entries of the key's shard are evicted to make room.
     pub fn apply(&self, w: Write<'_>) -> Result<Outcome, StoreError> {
-        self.apply_from(w, false)
+        self.apply_from(w, false, None)
+    }
+
+    /// As [`Store::apply`], but the write stands only if `fence` still
+    /// holds once it is in place: checked under the shard lock after the
+    /// insert (so after any stall of this thread before it), and the
+    /// previous entry put back if it does not, before any reader can see
+    /// the write ([`Outcome::Fenced`]). A conditional write uses it to be
+    /// decided only while the node answers consistent reads
+    /// (docs/design/conditional.md).
+    pub fn apply_fenced(
+        &self,
+        w: Write<'_>,
+        fence: &dyn Fn() -> bool,
+    ) -> Result<Outcome, StoreError> {
+        self.apply_from(w, false, Some(fence))
     }
 
     /// Applies an entry copied from a peer's scan (repair, warm-up,
     /// hand-off): as [`Store::apply`], except that it may refill a pruned
     /// range below the prune's floor.
     pub fn apply_copy(&self, w: Write<'_>) -> Result<Outcome, StoreError> {
-        self.apply_from(w, true)
+        self.apply_from(w, true, None)
     }
 
-    fn apply_from(&self, w: Write<'_>, copy: bool) -> Result<Outcome, StoreError> {
+    fn apply_from(
+        &self,
+        w: Write<'_>,
+        copy: bool,
+        fence: Option<&dyn Fn() -> bool>,
+    ) -> Result<Outcome, StoreError> {
         self.inner.counters.ops.fetch_add(1, Ordering::Relaxed);
         let Write {
             key,
@@ -673,6 +696,15 @@ impl Store {
         let item = Item::new(key.as_bytes(), value, expires, version)
             .map_err(|e| StoreError::KeyTooLong { len: e.0 })?;
         let (_, old) = shard.lru.insert(item).map_err(|_| StoreError::Full)?;
+        if fence.is_some_and(|holds| !holds()) {
+            // Nothing accounted yet, no event sent, and the lock held since
+            // the insert: as if it never happened.
+            shard.lru.remove(key.as_bytes());
+            if let Some((_, old)) = old {
+                let _ = shard.lru.insert(old);
+            }
+            return Ok(Outcome::Fenced);
+        }
         if let Some((_, old)) = old {
             shard.forget(&old);
         }
@@ -700,28 +732,6 @@ impl Store {
             version,
             prior,
         })
-    }
-
-    /// Takes back a write applied at `version` (the conditional write of a
-    /// node that stopped answering reads while applying it,
-    /// docs/design/conditional.md): the entry is dropped, as an eviction
-    /// would, and the shard's floor raised to `version` so that it cannot
-    /// be written again below it. Returns whether the entry was there.
-    pub fn retract(&self, key: &str, version: u64) -> bool {
-        let mut shard = lock(self.shard(key));
-        shard.floor = shard.floor.max(version);
-        let held = shard
-            .lru
-            .peek(key.as_bytes())
-            .is_some_and(|(_, cur)| cur.version() == version);
-        if !held {
-            return false;
-        }
-        if let Some((_, old)) = shard.lru.remove(key.as_bytes()) {
-            shard.forget(&old);
-            self.publish(&shard, Arc::from(key), Cause::Evicted);
-        }
-        true
     }
 
     /// Inserts or replaces `key` at a version from the store's own clock.
@@ -1325,7 +1335,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_retracted_write_is_gone_and_cannot_come_back_below_it() {
+    async fn a_write_whose_fence_fails_once_in_place_is_undone_without_a_trace() {
         let s = store(1 << 20, None, 1);
         let w = |value, version| Write {
             key: "k",
@@ -1335,19 +1345,47 @@ mod tests {
             condition: Condition::Always,
         };
         s.apply(w(b"1", 10)).unwrap();
-        s.apply(w(b"2", 20)).unwrap();
-        // Only the named version is taken back.
-        assert!(!s.retract("k", 10));
-        assert!(s.retract("k", 20));
-        assert!(s.get("k").is_none());
-        // The older write, arriving late (a repair), stays out.
+        let before = s.stats();
+        let (_, mut rx) = s.subscribe(true);
         assert_eq!(
-            s.apply(w(b"1", 10)).unwrap(),
-            Outcome::Superseded { version: 20 }
+            s.apply_fenced(w(b"2", 20), &|| false).unwrap(),
+            Outcome::Fenced
         );
+        // The previous value, its accounting, no event.
+        assert_eq!(s.get("k").unwrap().value, Bytes::from_static(b"1"));
+        assert_eq!(s.get("k").unwrap().version, 10);
+        let after = s.stats();
+        assert_eq!(
+            (after.items, after.bytes_used),
+            (before.items, before.bytes_used)
+        );
+        assert!(rx.try_recv().is_err(), "no event for a fenced write");
+        // A new key fenced off: absent, and a later write of it is not
+        // refused by any floor.
+        assert_eq!(
+            s.apply_fenced(
+                Write {
+                    key: "n",
+                    ..w(b"x", 30)
+                },
+                &|| false
+            )
+            .unwrap(),
+            Outcome::Fenced
+        );
+        assert!(s.get("n").is_none());
         assert!(matches!(
-            s.apply(w(b"3", 30)).unwrap(),
+            s.apply(Write {
+                key: "n",
+                ..w(b"y", 25)
+            })
+            .unwrap(),
             Outcome::Applied { .. }
+        ));
+        // A fence that holds: applied.
+        assert!(matches!(
+            s.apply_fenced(w(b"3", 40), &|| true).unwrap(),
+            Outcome::Applied { version: 40, .. }
         ));
     }
 

@@ -61,6 +61,15 @@ pub enum ClusterError {
     /// elsewhere (docs/design/conditional.md).
     #[error("the key's primary replica ({node}) cannot decide a conditional write now")]
     PrimaryUnavailable { node: String },
+    /// The primary runs a data node that predates conditional writes (it
+    /// would ignore the condition).
+    #[error("the key's primary replica ({node}) runs a data node too old for conditional writes: upgrade the data nodes first")]
+    ConditionsUnsupported { node: String },
+    /// A conditional write whose outcome is unknown (its primary failed
+    /// mid-call, or the placement changed under it): it may have been
+    /// applied. The replicas are marked so that they converge either way.
+    #[error("the conditional write may or may not have been applied (the primary did not answer, or the placement changed): read the key to know")]
+    ConditionalUnknown,
 }
 
 /// Starts node `index`'s membership task (set once the cluster runs, by

@@ -41,7 +41,9 @@ impl ApiError {
                 | ClusterError::RingIncomplete(_)
                 | ClusterError::NoPlacement
                 | ClusterError::StalePlacement
-                | ClusterError::PrimaryUnavailable { .. },
+                | ClusterError::PrimaryUnavailable { .. }
+                | ClusterError::ConditionsUnsupported { .. }
+                | ClusterError::ConditionalUnknown,
             ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Cluster(ClusterError::PreconditionFailed { .. }) => {
                 StatusCode::PRECONDITION_FAILED

@@ -163,7 +163,16 @@ async fn check(label: &str, t: &Tally, api: &Api, key: &str) {
         t.written.len(),
         "{label}: two compare-and-sets succeeded on the same version"
     );
-    let last = api.get(key).await.text().parse::<u64>().expect("a counter");
+    // Replicas marked by a write of unknown outcome are repaired first.
+    let last = ringcache_tests::wait_until(&format!("{label}: {key} readable"), || async {
+        let r = api.get(key).await;
+        match r.status {
+            200 => Some(r.text().parse::<u64>().expect("a counter")),
+            503 => None,
+            s => panic!("{label}: {key} answers {s} {}", r.text()),
+        }
+    })
+    .await;
     let acked = t.written.len() as u64;
     eprintln!(
         "{label}: {acked} increments acknowledged, {} refused (412), {} unknown; counter at {last}",
