@@ -287,6 +287,12 @@ def run_live_checks(driver, cluster):
         for chart in ["c-rate", "c-hit", "c-p50", "c-p99"]:
             assert driver.find_elements(By.CSS_SELECTOR, f"#{chart} svg path.line"), chart
             assert driver.find_element(By.CSS_SELECTOR, f"#{chart} .now").text not in ("", "–"), chart
+        # The nodes' hot keys, from their heartbeats, in the table.
+        wait_for("hot keys in the table",
+                 lambda: driver.find_elements(By.CSS_SELECTOR, "#hotkeys tbody tr td.key"))
+        first = driver.find_element(By.CSS_SELECTOR, "#hotkeys tbody tr td.key").text
+        assert first != "", "an empty hot key"
+        assert not driver.find_element(By.ID, "hotkeys-none").is_displayed()
         take_screenshot(driver)
     finally:
         worker.join(timeout=60)
