@@ -245,3 +245,46 @@ async fn compare_and_set_through_two_managers_loses_no_update_even_across_a_node
     let t = clients.await.expect("race");
     check("nodes restarted", &t, &c.b, "counter2").await;
 }
+
+/// Found by an adversarial review: without etcd no read lease makes a node
+/// unreadable, so a primary that missed a write, and whose repair has not
+/// begun on the node yet (here it waits for a stalled peer), still answered
+/// consistent reads itself and decided a condition against its older value:
+/// `If-Match` of the overwritten version succeeded, and the acknowledged
+/// write was lost. The primary must be up in the manager's own view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_the_manager_saw_miss_a_write_decides_nothing_until_repaired() {
+    use ringcache_manager::ring::{Ring, DEFAULT_VNODES};
+    let c = TestCluster::start(NODE_ARGS, &[]).await;
+    let api = c.api.clone();
+    let ids: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+    let ring = Ring::new(&ids, DEFAULT_VNODES);
+    // A key whose primary is node1 and whose other replica is node2.
+    let key = (0..10_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| ring.replicas(k, 2) == [0, 1])
+        .expect("a key on node1 then node2");
+    let r = api.set(&key, "v0").await;
+    let e0 = r.etag.clone().expect("ETag");
+    // node1 misses an acknowledged overwrite.
+    let node1 = c.nodes[0].grpc_uri();
+    c.nodes[0].signal(libc::SIGSTOP);
+    api.await_state(&node1, "down").await;
+    assert_eq!(api.set(&key, "v1").await.status, 200);
+    // node3 stalls: node1's repair waits for it to answer for its marks,
+    // so node1 comes back without its repair begun on the node.
+    c.nodes[2].signal(libc::SIGSTOP);
+    c.nodes[0].signal(libc::SIGCONT);
+    api.await_state(&node1, "syncing").await;
+    let r = post_if(&api, &key, "v2", &[("If-Match", &e0)]).await;
+    assert_ne!(
+        r.status,
+        200,
+        "decided against the overwritten value: {}",
+        r.text()
+    );
+    assert_eq!(api.get(&key).await.text(), "v1");
+    c.nodes[2].signal(libc::SIGCONT);
+    api.await_all_up().await;
+    assert_eq!(api.get(&key).await.text(), "v1");
+}
