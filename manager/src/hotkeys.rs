@@ -38,8 +38,8 @@ pub fn merge(cluster: &Cluster) -> Vec<HotKeyRow> {
             continue;
         };
         let name = info.node_id.unwrap_or_else(|| node.addr().to_string());
-        rows.extend(stats.hot_keys.into_iter().map(|k| HotKeyRow {
-            key: k.key,
+        rows.extend(stats.hot_keys.iter().map(|k| HotKeyRow {
+            key: k.key.clone(),
             node: name.clone(),
             rate: k.rate,
             share: f64::from(k.share_permille) / 1000.0,

@@ -22,8 +22,8 @@ impl Cluster {
             .nodes()
             .iter()
             .filter(|n| !n.is_retired())
-            .filter_map(|n| n.info().stats)
-            .flat_map(|s| s.subscribers)
+            .filter_map(|n| n.stats())
+            .flat_map(|s| s.subscribers.clone())
             .filter(|id| id != &self.me)
             .collect();
         out.sort();

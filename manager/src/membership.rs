@@ -655,7 +655,7 @@ fn record(cluster: &Cluster, index: usize, ev: &pb::Event) {
             info.instance_id = Some(ev.instance_id.clone());
         }
         if let Some(s) = stats {
-            info.stats = Some(s.clone());
+            info.stats = Some(std::sync::Arc::new(s.clone()));
         }
     });
     let Some(s) = stats else { return };

@@ -160,7 +160,11 @@ const PER_NODE: [(&str, MetricType, &str, Field); 6] = [
 #[derive(Debug)]
 struct NodeSnapshot {
     /// Address, up, stats from the last heartbeat.
-    nodes: Vec<(String, bool, Option<ringcache_proto::pb::StatsResponse>)>,
+    nodes: Vec<(
+        String,
+        bool,
+        Option<std::sync::Arc<ringcache_proto::pb::StatsResponse>>,
+    )>,
     /// Items, bytes, hits, misses.
     near_cache: Option<(u64, u64, u64, u64)>,
     /// Versions ignored for being too far ahead of the clock.
@@ -173,13 +177,7 @@ impl NodeSnapshot {
             nodes: cluster
                 .nodes()
                 .iter()
-                .map(|n| {
-                    (
-                        n.addr().to_string(),
-                        n.state() == NodeState::Up,
-                        n.info().stats.clone(),
-                    )
-                })
+                .map(|n| (n.addr().to_string(), n.state() == NodeState::Up, n.stats()))
                 .collect(),
             near_cache: cluster.near_cache().map(|n| n.stats()),
             future_versions: cluster.future_versions(),

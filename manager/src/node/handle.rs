@@ -23,7 +23,9 @@ pub struct NodeInfo {
     pub node_id: Option<String>,
     pub instance_id: Option<String>,
     pub last_event: Option<Instant>,
-    pub stats: Option<pb::StatsResponse>,
+    /// Shared, not copied: requests read it (limits, conditions) and a
+    /// heartbeat's stats carry lists (marks, leases, hot keys).
+    pub stats: Option<std::sync::Arc<pb::StatsResponse>>,
     /// Seq of the latest heartbeat received (named in lease renewals).
     pub heartbeat_seq: Option<u64>,
 }
@@ -177,6 +179,12 @@ impl NodeHandle {
 
     pub fn info(&self) -> NodeInfo {
         lock(&self.info).clone()
+    }
+
+    /// The node's last reported stats, without copying the rest of its
+    /// info (the write path reads the limits in them).
+    pub fn stats(&self) -> Option<std::sync::Arc<pb::StatsResponse>> {
+        lock(&self.info).stats.clone()
     }
 
     pub(crate) fn update_info(&self, f: impl FnOnce(&mut NodeInfo)) {

@@ -44,11 +44,7 @@ impl Cluster {
         if !nodes[primary].readable() {
             return Err(unavailable().into());
         }
-        if !nodes[primary]
-            .info()
-            .stats
-            .is_some_and(|s| s.conditional_writes)
-        {
+        if !nodes[primary].stats().is_some_and(|s| s.conditional_writes) {
             return Err(ClusterError::ConditionsUnsupported {
                 node: nodes[primary].addr().to_string(),
             }

@@ -59,7 +59,7 @@ impl Cluster {
         let size = (key.len() + value.len()) as u64 + ringcache_common::limits::ENTRY_OVERHEAD;
         for &i in targets {
             let node = &nodes[i];
-            let Some(stats) = node.info().stats else {
+            let Some(stats) = node.stats() else {
                 continue;
             };
             let limits = [
