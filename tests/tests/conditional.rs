@@ -209,14 +209,15 @@ async fn compare_and_set_through_two_managers_loses_no_update_even_across_a_node
             .map(|api| post_if(api, "lock", "held", &[("If-None-Match", "*")])),
     )
     .await;
-    let won = creates.iter().filter(|r| r.status == 201).count();
-    let lost = creates.iter().filter(|r| r.status == 412).count();
-    assert_eq!(
-        (won, lost),
-        (1, 7),
-        "{:?}",
-        creates.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
+    let statuses: Vec<u16> = creates.iter().map(|r| r.status).collect();
+    let won = statuses.iter().filter(|&&s| s == 201).count();
+    let lost = statuses.iter().filter(|&&s| s == 412).count();
+    // A 503 (a busy machine) is a create of unknown outcome: it may be the
+    // one that won. Never two winners.
+    let unknown = statuses.iter().filter(|&&s| s >= 500).count();
+    assert_eq!(won + lost + unknown, 8, "{statuses:?}");
+    assert!(won == 1 || (won == 0 && unknown > 0), "{statuses:?}");
+    assert_eq!(c.a.get("lock").await.text(), "held");
 
     for api in &apis[..1] {
         assert_eq!(api.set("counter", "0").await.status, 201);
