@@ -30,6 +30,12 @@ impl From<QueryError> for ApiError {
     }
 }
 
+impl From<crate::preconditions::BadCondition> for ApiError {
+    fn from(e: crate::preconditions::BadCondition) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {

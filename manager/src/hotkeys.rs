@@ -33,11 +33,10 @@ pub struct HotKeyRow {
 pub fn merge(cluster: &Cluster) -> Vec<HotKeyRow> {
     let mut rows = Vec::new();
     for node in cluster.nodes().iter().filter(|n| !n.is_retired()) {
-        let info = node.info();
-        let Some(stats) = info.stats else {
+        let Some(stats) = node.stats() else {
             continue;
         };
-        let name = info.node_id.unwrap_or_else(|| node.addr().to_string());
+        let name = node.id().unwrap_or_else(|| node.addr().to_string());
         rows.extend(stats.hot_keys.iter().map(|k| HotKeyRow {
             key: k.key.clone(),
             node: name.clone(),

@@ -140,12 +140,6 @@ fn tagged(status: StatusCode, body: &'static str, version: u64) -> Response {
     (status, [(header::ETAG, etag(version))], body).into_response()
 }
 
-impl From<preconditions::BadCondition> for ApiError {
-    fn from(e: preconditions::BadCondition) -> Self {
-        ApiError::BadRequest(e.to_string())
-    }
-}
-
 #[instrument(level = "debug", skip_all, fields(key))]
 async fn get_key(
     State(st): State<Arc<AppState>>,

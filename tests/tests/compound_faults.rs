@@ -434,6 +434,22 @@ async fn a_manager_cut_off_from_every_node_loses_nothing_when_it_comes_back() {
     );
 }
 
+/// Writes `keys` keys "old", stalls node1 until manager2 takes it for
+/// down, and overwrites every key "new" without it; returns node1's address.
+async fn node1_misses_overwrites(c: &CutCluster, keys: usize) -> String {
+    for i in 0..keys {
+        assert_eq!(c.b.set(&format!("k{i}"), "old").await.status, 201);
+    }
+    let node1 = c.nodes[0].grpc_uri();
+    c.nodes[0].signal(libc::SIGSTOP);
+    c.b.await_state(&node1, "down").await;
+    for i in 0..keys {
+        let r = c.b.set(&format!("k{i}"), "new").await;
+        assert_eq!(r.status, 200, "k{i}: {}", r.text());
+    }
+    node1
+}
+
 /// A node stalls while writes skip it (its peers hold the dirty marks);
 /// manager1 crashes, manager2 (which wrote them) restarts, and as the node
 /// resumes both peers are stalled in turn. The restarted manager knows
@@ -447,16 +463,7 @@ async fn a_manager_cut_off_from_every_node_loses_nothing_when_it_comes_back() {
 async fn a_node_is_not_admitted_while_the_peers_holding_its_marks_do_not_answer() {
     let mut c = CutCluster::start("adm", NODE_ARGS).await;
     let keys = 60;
-    for i in 0..keys {
-        assert_eq!(c.b.set(&format!("k{i}"), "old").await.status, 201);
-    }
-    let node1 = c.nodes[0].grpc_uri();
-    c.nodes[0].signal(libc::SIGSTOP);
-    c.b.await_state(&node1, "down").await;
-    for i in 0..keys {
-        let r = c.b.set(&format!("k{i}"), "new").await;
-        assert_eq!(r.status, 200, "k{i}: {}", r.text());
-    }
+    let node1 = node1_misses_overwrites(&c, keys).await;
     // The setup holds: the peers know node1 missed writes.
     for peer in &c.nodes[1..] {
         let marks = NodeConn::connect(peer).await.stats().await.marks;
@@ -524,16 +531,7 @@ async fn a_node_is_not_admitted_while_the_peers_holding_its_marks_do_not_answer(
 async fn a_mark_outlives_the_restart_of_every_peer_that_held_it() {
     let mut c = CutCluster::start("outlive", NODE_ARGS).await;
     let keys = 60;
-    for i in 0..keys {
-        assert_eq!(c.b.set(&format!("k{i}"), "old").await.status, 201);
-    }
-    let node1 = c.nodes[0].grpc_uri();
-    c.nodes[0].signal(libc::SIGSTOP);
-    c.b.await_state(&node1, "down").await;
-    for i in 0..keys {
-        let r = c.b.set(&format!("k{i}"), "new").await;
-        assert_eq!(r.status, 200, "k{i}: {}", r.text());
-    }
+    node1_misses_overwrites(&c, keys).await;
     // Both holders restart, one after the other; node1 is down, so each
     // warms up from the other only.
     for n in 1..3 {

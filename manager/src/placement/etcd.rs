@@ -15,7 +15,7 @@ use ringcache_proto::etcd::etcdserverpb::{
     auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
     watch_client::WatchClient, watch_request, AuthenticateRequest, Compare, DeleteRangeRequest,
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
 };
 use std::sync::Arc;
 
@@ -120,6 +120,17 @@ impl Auth {
 }
 
 type Intercepted = InterceptedService<Channel, Token>;
+
+/// `key` was last written at revision `expected`.
+fn mod_revision_is(key: Vec<u8>, expected: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key,
+        target_union: Some(compare::TargetUnion::ModRevision(expected)),
+        ..Default::default()
+    }
+}
 
 /// The end of the key range of every key starting with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -296,28 +307,12 @@ impl Etcd {
     /// did.
     pub async fn delete_if(&self, name: &str, expected: i64) -> Result<bool, EtcdError> {
         let key = self.key(name);
-        let compare = Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Mod as i32,
-            key: key.clone(),
-            target_union: Some(compare::TargetUnion::ModRevision(expected)),
+        let compare = mod_revision_is(key.clone(), expected);
+        let delete = request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key,
             ..Default::default()
-        };
-        let delete = RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                DeleteRangeRequest {
-                    key,
-                    ..Default::default()
-                },
-            )),
-        };
-        let mut kv = self.kv.clone();
-        let req = TxnRequest {
-            compare: vec![compare],
-            success: vec![delete],
-            failure: Vec::new(),
-        };
-        Ok(self.bounded(kv.txn(req)).await?.succeeded)
+        });
+        Ok(self.txn_if(compare, delete).await?.succeeded)
     }
 
     /// Writes `value` to `name`, attached to `lease`.
@@ -357,30 +352,31 @@ impl Etcd {
                 ..Default::default()
             }
         } else {
-            Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Mod as i32,
-                key: key.clone(),
-                target_union: Some(compare::TargetUnion::ModRevision(expected)),
-                ..Default::default()
-            }
+            mod_revision_is(key.clone(), expected)
         };
-        let put = RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key,
-                value,
-                lease,
-                ..Default::default()
-            })),
-        };
+        let put = request_op::Request::RequestPut(PutRequest {
+            key,
+            value,
+            lease,
+            ..Default::default()
+        });
+        let r = self.txn_if(compare, put).await?;
+        Ok(r.succeeded.then(|| r.header.map_or(0, |h| h.revision)))
+    }
+
+    /// One operation, done only if `compare` holds.
+    async fn txn_if(
+        &self,
+        compare: Compare,
+        op: request_op::Request,
+    ) -> Result<TxnResponse, EtcdError> {
         let mut kv = self.kv.clone();
         let req = TxnRequest {
             compare: vec![compare],
-            success: vec![put],
+            success: vec![RequestOp { request: Some(op) }],
             failure: Vec::new(),
         };
-        let r = self.bounded(kv.txn(req)).await?;
-        Ok(r.succeeded.then(|| r.header.map_or(0, |h| h.revision)))
+        self.bounded(kv.txn(req)).await
     }
 
     /// Writes `value` to `name` unconditionally.
