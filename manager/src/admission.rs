@@ -25,23 +25,37 @@ use tower::{Layer, Service};
 
 use crate::metrics::Metrics;
 
-/// At most `limit` requests in flight over every route it wraps (one
-/// counter shared by all of them); beyond it, 503 with `Retry-After` at once,
-/// so overload costs neither memory nor queueing delay.
+/// The requests in flight, HTTP's and RESP's alike (`--max-concurrent-requests`
+/// bounds them together): a request beyond the limit is refused at once, so
+/// overload costs neither memory nor queueing delay.
 #[derive(Clone)]
-pub struct AdmitLayer {
-    in_flight: Arc<AtomicUsize>,
+pub struct InFlight {
+    count: Arc<AtomicUsize>,
     limit: usize,
 }
 
-impl AdmitLayer {
+impl InFlight {
     pub fn new(limit: usize) -> Self {
         Self {
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            count: Arc::new(AtomicUsize::new(0)),
             limit: limit.max(1),
         }
     }
+
+    /// A place among the requests in flight, or None when they are all taken.
+    pub fn enter(&self) -> Option<Slot> {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.count.clone()))
+    }
 }
+
+/// At most [`InFlight`]'s limit of requests over every route it wraps (one
+/// counter shared by all of them); beyond it, 503 with `Retry-After`.
+#[derive(Clone)]
+pub struct AdmitLayer(pub InFlight);
 
 impl<S> Layer<S> for AdmitLayer {
     type Service = Admit<S>;
@@ -49,8 +63,7 @@ impl<S> Layer<S> for AdmitLayer {
     fn layer(&self, inner: S) -> Admit<S> {
         Admit {
             inner,
-            in_flight: self.in_flight.clone(),
-            limit: self.limit,
+            in_flight: self.0.clone(),
         }
     }
 }
@@ -58,13 +71,12 @@ impl<S> Layer<S> for AdmitLayer {
 #[derive(Clone)]
 pub struct Admit<S> {
     inner: S,
-    in_flight: Arc<AtomicUsize>,
-    limit: usize,
+    in_flight: InFlight,
 }
 
 /// A request's place among those in flight, given back when its response
 /// is complete or the request is dropped (client gone).
-struct Slot(Arc<AtomicUsize>);
+pub struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -92,11 +104,9 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = self.in_flight.enter() else {
             return Admitted::Refused;
-        }
-        let slot = Slot(self.in_flight.clone());
+        };
         Admitted::Running {
             fut: self.inner.call(req),
             _slot: slot,
@@ -206,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_limit_requests_are_refused_until_a_slot_is_given_back() {
-        let mut svc = AdmitLayer::new(1).layer(stuck());
+        let mut svc = AdmitLayer(InFlight::new(1)).layer(stuck());
         let first = svc.call(Request::new(Body::empty()));
         assert!(matches!(first, Admitted::Running { .. }));
         let refused = svc.call(Request::new(Body::empty())).await.unwrap();

@@ -219,6 +219,25 @@ pub struct ManagerOptions {
     #[arg(long, env = "MANAGER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_nonzero_duration)]
     pub idle_timeout: Duration,
 
+    /// Serve the Redis protocol (RESP2/RESP3) here too, e.g. 127.0.0.1:6380
+    /// (off unless given; with --tls-cert it is TLS as well).
+    #[arg(long, env = "MANAGER_RESP_LISTEN")]
+    pub resp_listen: Option<String>,
+
+    /// Accept `CLIENT TRACKING ON` on the RESP front (client-side caching):
+    /// the data nodes then send the manager an invalidation for every write.
+    #[arg(long, env = "MANAGER_RESP_TRACKING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resp_tracking: bool,
+
+    /// Keys registered for tracking clients at most; reads beyond it are
+    /// invalidated right after their reply (not cached by the client).
+    #[arg(long, env = "MANAGER_RESP_TRACKING_MAX_KEYS", default_value_t = 1_000_000, value_parser = parse_positive)]
+    pub resp_tracking_max_keys: usize,
+
+    /// Let RESP `FLUSHALL` empty every data node (off: it is refused).
+    #[arg(long, env = "MANAGER_RESP_ALLOW_FLUSHALL")]
+    pub resp_allow_flushall: bool,
+
     /// A request body that sends nothing for this long is answered with 408.
     #[arg(long, env = "MANAGER_BODY_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
     pub body_timeout: Duration,

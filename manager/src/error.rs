@@ -42,57 +42,73 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Cluster(
-                ClusterError::Unavailable
-                | ClusterError::RingIncomplete(_)
-                | ClusterError::NoPlacement
-                | ClusterError::StalePlacement
-                | ClusterError::PrimaryUnavailable { .. }
-                | ClusterError::ConditionsUnsupported { .. }
-                | ClusterError::ConditionalUnknown,
-            ) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Cluster(ClusterError::PreconditionFailed { .. }) => {
-                StatusCode::PRECONDITION_FAILED
-            }
-            ApiError::Cluster(ClusterError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Cluster(ClusterError::VersionTooNew { .. }) => StatusCode::BAD_GATEWAY,
-            // Not a 503: sending the same write again would order it above
-            // the newer ones, which is a new write, not a retry.
-            ApiError::Cluster(ClusterError::Overtaken(_) | ClusterError::StatusUnknown) => {
-                StatusCode::CONFLICT
-            }
-            ApiError::Cluster(ClusterError::Rejected(CallError::Refused { refusal, .. })) => {
-                match refusal {
-                    Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
-                    Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                    Refusal::VersionTooNew => StatusCode::BAD_GATEWAY,
-                    Refusal::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-                    Refusal::NotReadable => StatusCode::SERVICE_UNAVAILABLE,
-                }
-            }
-            ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
-                match status.code() {
-                    Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-                    Code::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_GATEWAY,
-                }
-            }
-            ApiError::Cluster(ClusterError::Rejected(_)) => StatusCode::BAD_GATEWAY,
+            ApiError::Cluster(e) => cluster_status(e),
         }
     }
+}
+
+fn cluster_status(e: &ClusterError) -> StatusCode {
+    match e {
+        ClusterError::Unavailable
+        | ClusterError::RingIncomplete(_)
+        | ClusterError::NoPlacement
+        | ClusterError::StalePlacement
+        | ClusterError::PrimaryUnavailable { .. }
+        | ClusterError::ConditionsUnsupported { .. }
+        | ClusterError::ConditionalUnknown => StatusCode::SERVICE_UNAVAILABLE,
+        ClusterError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+        ClusterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ClusterError::VersionTooNew { .. } => StatusCode::BAD_GATEWAY,
+        // Not a 503: sending the same write again would order it above
+        // the newer ones, which is a new write, not a retry.
+        ClusterError::Overtaken(_) | ClusterError::StatusUnknown => StatusCode::CONFLICT,
+        ClusterError::Rejected(CallError::Refused { refusal, .. }) => match refusal {
+            Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::VersionTooNew => StatusCode::BAD_GATEWAY,
+            Refusal::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Refusal::NotReadable => StatusCode::SERVICE_UNAVAILABLE,
+        },
+        ClusterError::Rejected(CallError::Status { status, .. }) => match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_GATEWAY,
+        },
+        ClusterError::Rejected(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// A cluster error's one line of text: a refusal carries the node's own
+/// reason.
+fn message(e: &ClusterError) -> String {
+    match e {
+        ClusterError::Rejected(CallError::Status { status, .. }) => status.message().to_string(),
+        ClusterError::Rejected(CallError::Refused { message, .. }) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A cluster error as the RESP front answers it: `-ERR <the same line
+/// HTTP answers>` (`TRYAGAIN` where HTTP says 503, so clients can tell a
+/// moment's unavailability from a refusal), with no line breaks.
+pub fn resp_error(e: &ClusterError) -> String {
+    let code = if cluster_status(e) == StatusCode::SERVICE_UNAVAILABLE {
+        "TRYAGAIN"
+    } else {
+        "ERR"
+    };
+    let text: String = message(e)
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    format!("{code} {text}")
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            // A refusal carries the node's own one-line reason.
-            ApiError::Cluster(ClusterError::Rejected(CallError::Status { status, .. })) => {
-                status.message().to_string()
-            }
-            ApiError::Cluster(ClusterError::Rejected(CallError::Refused { message, .. })) => {
-                message.clone()
-            }
+            ApiError::Cluster(e) => message(e),
             other => other.to_string(),
         };
         let mut resp = (status, format!("{body}\n")).into_response();

@@ -45,7 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(TrackLayer(state.metrics.clone()));
     // One counter for every route: `Router::layer` wraps each route
     // separately, and the layer's clones share it.
-    let overload = AdmitLayer::new(state.max_concurrent_requests);
+    let overload = AdmitLayer(state.in_flight.clone());
     let mut routes = Router::new()
         .merge(keys)
         .route("/cluster", get(cluster_status))

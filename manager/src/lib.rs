@@ -51,11 +51,13 @@ pub mod node;
 pub mod placement;
 pub mod preconditions;
 pub mod query;
+pub mod resp;
 pub mod ring;
 pub mod ring_view;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod stream_lag;
 pub mod ui;
 pub mod write_round;
 

@@ -59,7 +59,7 @@ pub async fn watch(
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = session(&cluster, index, heartbeat_timeout, listener.as_ref()) => o,
+            o = session(&cluster, index, heartbeat_timeout, &listener) => o,
         };
         listener.on_reset(index);
         match outcome {
@@ -83,12 +83,12 @@ async fn session(
     cluster: &Arc<Cluster>,
     index: usize,
     heartbeat_timeout: Duration,
-    listener: &dyn EventListener,
+    listener: &Arc<dyn EventListener>,
 ) -> Result<(), String> {
     let node = cluster.node(index);
-    // Only a near cache needs the invalidation of every write; without
-    // one, the node sends status events alone (less work on both sides).
-    let skip_invalidations = cluster.near_cache().is_none();
+    // Only a near cache or RESP client tracking needs the invalidation of
+    // every write; without them, the node sends status events alone.
+    let skip_invalidations = !listener.wants_invalidations();
     let mut stream = node
         .client
         .subscribe(skip_invalidations, cluster.me())
@@ -130,7 +130,8 @@ async fn session(
         return Err("left the placement while admitting".into());
     }
     // Leases and near-cache probes for as long as this session lasts.
-    let renewals = tokio::spawn(renew(cluster.clone(), index));
+    let probes = (!skip_invalidations).then(|| listener.clone());
+    let renewals = tokio::spawn(renew(cluster.clone(), index, probes));
     let _stop_renewals = AbortOnDrop(renewals);
     // The repair runs beside the event loop, so heartbeats keep being
     // checked (and the event buffer drained) while a large copy goes on.
@@ -151,7 +152,8 @@ async fn session(
             }
             ev = next_event(&mut stream, heartbeat_timeout) => ev?,
         };
-        follow(&mut seq, index, &ev, listener).map_err(|e| format!("{} ({})", e, node.addr()))?;
+        follow(&mut seq, index, &ev, listener.as_ref())
+            .map_err(|e| format!("{} ({})", e, node.addr()))?;
         record(cluster, index, &ev);
     }
 }
@@ -168,14 +170,14 @@ impl Drop for AbortOnDrop {
 const RENEW_EVERY: Duration = Duration::from_millis(100);
 
 /// Renews this manager's read lease on node `index` (with a managed
-/// placement) and probes how far behind its event stream is (for the near
-/// cache's staleness bound), while the node is up or syncing here. A node
-/// this manager takes for down gets no renewals: its lease runs out, which
-/// is what a write that skipped it waits for.
-async fn renew(cluster: Arc<Cluster>, index: usize) {
+/// placement) and probes how far behind its event stream is (for the
+/// staleness bound of `probes`: the near cache, RESP client tracking),
+/// while the node is up or syncing here. A node this manager takes for down
+/// gets no renewals: its lease runs out, which is what a write that skipped
+/// it waits for.
+async fn renew(cluster: Arc<Cluster>, index: usize, probes: Option<Arc<dyn EventListener>>) {
     let lease = cluster.lease();
-    let near = cluster.near_cache().cloned();
-    if lease.is_none() && near.is_none() {
+    if lease.is_none() && probes.is_none() {
         return;
     }
     let every = lease.map_or(RENEW_EVERY, |l| RENEW_EVERY.min(l / 4));
@@ -204,8 +206,8 @@ async fn renew(cluster: Arc<Cluster>, index: usize) {
                     tracing::warn!(node = %node.addr(), "lease renewal refused: the heartbeat it names is \
                         unknown to the node (is its --heartbeat-interval much longer than --lease?)");
                 }
-                if let Some(near) = &near {
-                    near.probed(index, seq, sent);
+                if let Some(listener) = &probes {
+                    listener.probed(index, seq, sent);
                 }
             }
             Err(e) => tracing::debug!(node = %node.addr(), error = %e, "lease renewal failed"),

@@ -9,7 +9,7 @@
 //! breaks, has a gap or lags, everything it served is dropped and nothing
 //! from it is cached until a new stream starts.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 // With the `shuttle` feature the locks and atomics are shuttle's, whose
@@ -31,12 +31,11 @@ use tokio::time::Instant;
 
 use crate::client::Found;
 use crate::listener::EventListener;
+use crate::stream_lag::StreamLags;
 
 /// Bytes charged per entry besides key and value.
 const ENTRY_OVERHEAD: u64 = 96;
 const SHARDS: usize = 16;
-/// `applied` value meaning "no live stream: do not cache from this node".
-const NO_STREAM: u64 = u64::MAX;
 
 struct Entry {
     value: Found,
@@ -70,46 +69,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A probe answered by a node: the node's seq when it handled it, and when
-/// it was sent.
-type Probe = (u64, Instant);
-
-/// Node indices per segment of [`NearCache::nodes`].
-const SEGMENT: usize = 64;
-
-/// What the near cache knows of one node's event stream.
-struct NodeSlot {
-    /// Sequence number of the last event applied, or `NO_STREAM`.
-    applied: AtomicU64,
-    /// The latest probe (its send time, and the node's seq when it handled
-    /// it) not yet covered by applied events.
-    probe: Mutex<Option<Probe>>,
-    /// Every event the node published before this instant has been applied
-    /// (microseconds since `epoch`; 0: never).
-    fresh: AtomicU64,
-}
-
-impl NodeSlot {
-    fn new() -> Self {
-        Self {
-            applied: AtomicU64::new(NO_STREAM),
-            probe: Mutex::new(None),
-            fresh: AtomicU64::new(0),
-        }
-    }
-}
-
 /// A byte-bounded LRU of values read through this manager.
 pub struct NearCache {
     shards: Box<[Mutex<Shard>]>,
-    /// Per node index, in segments allocated on first use: a manager that
-    /// sees many nodes join over its life pays only for the ones it saw.
-    nodes: Box<[OnceLock<Box<[NodeSlot]>>]>,
+    /// How far behind each node's event stream is.
+    lags: StreamLags,
     /// Staleness bound: values from a node are served only while this
     /// manager has applied every event the node published up to at most
     /// this long ago (`--near-cache-max-lag`). None: unbounded.
     max_lag: Option<Duration>,
-    epoch: Instant,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -132,11 +100,8 @@ impl NearCache {
                         })
                     })
                     .collect(),
-            nodes: (0..nodes.div_ceil(SEGMENT))
-                .map(|_| OnceLock::new())
-                .collect(),
+            lags: StreamLags::new(nodes),
             max_lag: None,
-            epoch: Instant::now(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -149,43 +114,12 @@ impl NearCache {
         self
     }
 
-    fn node(&self, index: usize) -> Option<&NodeSlot> {
-        let segment = self.nodes.get(index / SEGMENT)?;
-        let slots = segment.get_or_init(|| (0..SEGMENT).map(|_| NodeSlot::new()).collect());
-        slots.get(index % SEGMENT)
-    }
-
-    fn micros(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_micros() as u64 + 1
-    }
-
-    /// Node `node` handled a probe sent at `sent` when its latest event was
-    /// `seq`: once events up to `seq` are applied, everything it published
-    /// before `sent` has been seen here.
-    pub fn probed(&self, node: usize, seq: u64, sent: Instant) {
-        let Some(n) = self.node(node) else {
-            return;
-        };
-        let mut p = lock(&n.probe);
-        let a = n.applied.load(Ordering::SeqCst);
-        if a != NO_STREAM && a >= seq {
-            n.fresh.fetch_max(self.micros(sent), Ordering::SeqCst);
-            *p = None;
-        } else {
-            *p = Some((seq, sent));
-        }
-    }
-
     /// Whether values from `node` may be served now.
     fn servable(&self, node: usize) -> bool {
-        let Some(lag) = self.max_lag else {
-            return true;
-        };
-        let Some(n) = self.node(node) else {
-            return false;
-        };
-        let f = n.fresh.load(Ordering::SeqCst);
-        f > 0 && self.micros(Instant::now()) <= f + lag.as_micros() as u64
+        match self.max_lag {
+            None => true,
+            Some(lag) => self.lags.fresh(node, lag),
+        }
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
@@ -240,12 +174,12 @@ impl NearCache {
         if entry_size > shard.limit || shard.generation != generation {
             return;
         }
-        let Some(n) = self.node(node) else {
+        let Some(n) = self.lags.node(node) else {
             return;
         };
         // Checked under the shard lock, which the invalidation also takes
         // after raising `applied`: see the module docs.
-        if n.applied.load(Ordering::SeqCst) > seq {
+        if n.applied() > seq {
             return;
         }
         shard.remove(key);
@@ -317,23 +251,18 @@ impl NearCache {
 }
 
 impl EventListener for NearCache {
+    fn probed(&self, node: usize, seq: u64, sent: Instant) {
+        self.lags.probed(node, seq, sent);
+    }
+
     fn on_event(&self, node: usize, event: &pb::Event) {
-        let Some(n) = self.node(node) else {
+        if self.lags.node(node).is_none() {
             return;
-        };
+        }
         // Raise `applied` first, then remove under the lock: a concurrent
         // fill either sees the new sequence and skips, or inserted before we
         // take the lock and is removed here.
-        n.applied.store(event.seq, Ordering::SeqCst);
-        {
-            let mut p = lock(&n.probe);
-            if let Some((seq, sent)) = *p {
-                if event.seq >= seq {
-                    n.fresh.fetch_max(self.micros(sent), Ordering::SeqCst);
-                    *p = None;
-                }
-            }
-        }
+        self.lags.apply(node, event.seq);
         if let Some(pb::event::Kind::Invalidation(inv)) = &event.kind {
             if inv.cause == pb::Cause::Flush as i32 {
                 self.clear_node(node);
@@ -346,11 +275,7 @@ impl EventListener for NearCache {
     }
 
     fn on_reset(&self, node: usize) {
-        if let Some(n) = self.node(node) {
-            n.applied.store(NO_STREAM, Ordering::SeqCst);
-            *lock(&n.probe) = None;
-            n.fresh.store(0, Ordering::SeqCst);
-        }
+        self.lags.reset(node);
         self.clear_node(node);
     }
 }

@@ -9,17 +9,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, ConnLimits};
+use crate::admission::InFlight;
 use crate::client::{CallError, NodeClient};
 use crate::cluster::{Cluster, Connect, NodeHandle};
 use crate::config::{parse_node, ManagerOptions};
 use crate::durable_marks::DurableMarks;
 use crate::embedded::Embedded;
 use crate::http;
-use crate::listener::{EventListener, NoListener};
+use crate::listener::{EventListener, Listeners, NoListener};
 use crate::membership;
 use crate::metrics::Metrics;
 use crate::near_cache::NearCache;
 use crate::placement::{self, etcd::Etcd};
+use crate::resp::{self, TrackingHub};
 use crate::state::AppState;
 
 /// Node handles the near cache tracks (one per node that ever joined while
@@ -47,6 +49,12 @@ pub enum ServeError {
     Tls(#[from] ringcache_common::tls::TlsError),
     #[error("{0}")]
     EtcdUser(String),
+    #[error("cannot listen for RESP on {addr}: {source}")]
+    Resp {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Serves the manager's HTTP API on `listener` until `shutdown` completes,
@@ -148,15 +156,37 @@ async fn run(
     if let Some(store) = &store {
         cluster = cluster.with_durable_marks(DurableMarks::new(store.clone(), me.clone()));
     }
-    let listener_events: Arc<dyn EventListener> = match opts.near_cache.filter(|&n| n > 0) {
-        Some(size) => {
-            let near = Arc::new(
-                NearCache::new(size, NEAR_CACHE_NODES).with_max_lag(opts.near_cache_max_lag),
-            );
-            cluster = cluster.with_near_cache(near.clone());
-            near
+    let mut listeners: Vec<Arc<dyn EventListener>> = Vec::new();
+    if let Some(size) = opts.near_cache.filter(|&n| n > 0) {
+        let near =
+            Arc::new(NearCache::new(size, NEAR_CACHE_NODES).with_max_lag(opts.near_cache_max_lag));
+        cluster = cluster.with_near_cache(near.clone());
+        listeners.push(near);
+    }
+    // Bound before anything starts, so a taken port fails the start.
+    let resp = match &opts.resp_listen {
+        None => None,
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Resp {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let hub = Arc::new(TrackingHub::new(
+                opts.resp_tracking,
+                opts.resp_tracking_max_keys,
+                opts.near_cache_max_lag,
+                NEAR_CACHE_NODES,
+            ));
+            listeners.push(hub.clone());
+            Some((l, hub))
         }
-        None => Arc::new(NoListener),
+    };
+    let listener_events: Arc<dyn EventListener> = match listeners.len() {
+        0 => Arc::new(NoListener),
+        1 => listeners.remove(0),
+        _ => Arc::new(Listeners(listeners)),
     };
     let cluster = Arc::new(cluster);
     membership::start(
@@ -195,14 +225,44 @@ async fn run(
             token.clone(),
         ));
     }
+    let in_flight = InFlight::new(opts.max_concurrent_requests);
+    let auth_token: Option<Arc<str>> = opts.auth_token.clone().map(Arc::from);
+    let stop = token.clone();
+    let stopping = CancellationToken::new();
+    let stop_now = CancellationToken::new();
+    if let Some((l, hub)) = resp {
+        let front = Arc::new(resp::Front {
+            keys: resp::Keys {
+                cluster: cluster.clone(),
+                max_key_bytes: opts.max_key_bytes,
+                allow_flushall: opts.resp_allow_flushall,
+                connected: Default::default(),
+                accepted: Default::default(),
+                commands: Default::default(),
+                started: std::time::Instant::now(),
+            },
+            tracking: hub,
+            in_flight: in_flight.clone(),
+            auth_token: auth_token.clone(),
+            max_value_bytes: usize::try_from(opts.max_value_bytes).unwrap_or(usize::MAX),
+            // MSET of a few thousand pairs; more is refused as a protocol error.
+            max_args: 1 << 16,
+            header_read_timeout: opts.header_read_timeout,
+            idle_timeout: opts.idle_timeout,
+            max_connections: opts.max_connections,
+        });
+        let addr = l.local_addr().map_err(ServeError::Http)?;
+        tracing::info!(%addr, tls = server_tls.is_some(), "manager serving RESP");
+        tokio::spawn(resp::serve(l, front, server_tls.clone(), stopping.clone()));
+    }
     let app = http::router(AppState {
         cluster: cluster.clone(),
         metrics: Arc::new(Metrics::default()),
         max_key_bytes: opts.max_key_bytes,
         max_value_bytes: opts.max_value_bytes,
         vnodes: opts.vnodes,
-        auth_token: opts.auth_token.clone().map(Arc::from),
-        max_concurrent_requests: opts.max_concurrent_requests,
+        auth_token,
+        in_flight,
         body_timeout: opts.body_timeout,
         store,
     });
@@ -210,9 +270,6 @@ async fn run(
     tracing::info!(%addr, nodes = ?addrs, replicas = cluster.replicas(),
         https = server_tls.is_some(), node_tls = cluster.connect().tls.is_some(),
         "manager serving HTTP");
-    let stop = token.clone();
-    let stopping = CancellationToken::new();
-    let stop_now = CancellationToken::new();
     {
         let stopping = stopping.clone();
         tokio::spawn(async move {

@@ -18,7 +18,8 @@ pub struct AppState {
     pub vnodes: usize,
     /// Required bearer token, if any.
     pub auth_token: Option<Arc<str>>,
-    pub max_concurrent_requests: usize,
+    /// Requests in flight (shared with the RESP front).
+    pub in_flight: crate::admission::InFlight,
     /// Longest a request body may send nothing before the request gets 408.
     pub body_timeout: Duration,
     /// Where the placement lives (`--etcd`); membership changes need it.

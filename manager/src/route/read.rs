@@ -7,6 +7,8 @@
 //! there means the key was evicted or dropped, which a cache may always
 //! answer; the client's next write recreates it.
 
+use std::time::Duration;
+
 use super::Routed;
 use crate::client::{Found, Read};
 use crate::cluster::{Cluster, ClusterError};
@@ -19,10 +21,23 @@ impl Cluster {
         if let Some(v) = self.near.as_ref().and_then(|n| n.get(key)) {
             return Ok(Some(v));
         }
+        Ok(self
+            .routed(|| self.get_once(key))
+            .await?
+            .map(|(found, _)| found))
+    }
+
+    /// Like [`Cluster::get`], with the time the value has left before it
+    /// expires (None: no TTL); never from the near cache, which does not
+    /// keep TTLs.
+    pub async fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Found, Option<Duration>)>, ClusterError> {
         self.routed(|| self.get_once(key)).await
     }
 
-    async fn get_once(&self, key: &str) -> Result<Option<Found>, Routed> {
+    async fn get_once(&self, key: &str) -> Result<Option<(Found, Option<Duration>)>, Routed> {
         let view = self.placement()?;
         let nodes = self.nodes();
         let generation = self.near.as_ref().map(|n| n.generation(key));
@@ -46,7 +61,7 @@ impl Cluster {
                     if let (Some(near), Some(generation)) = (&self.near, generation) {
                         near.fill(key, found.clone(), i, hit.seq, hit.ttl, generation);
                     }
-                    return Ok(Some(found));
+                    return Ok(Some((found, hit.ttl)));
                 }
                 Ok(Read::Deleted(version)) => {
                     self.observe(i, version);
