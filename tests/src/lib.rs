@@ -7,6 +7,7 @@
 //! cargo builds their binaries before running any test).
 
 pub mod linearizability;
+pub mod resp;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -269,6 +270,12 @@ impl Proc {
 
     pub fn grpc_uri(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A manager's RESP address (started with `--resp-listen 127.0.0.1:0`).
+    pub fn resp_addr(&self) -> SocketAddr {
+        ready_addr(&self.log, "manager serving RESP")
+            .unwrap_or_else(|| panic!("{} serves no RESP; log:\n{}", self.name, self.log_text()))
     }
 
     /// The same address spelled with the host name `localhost`.

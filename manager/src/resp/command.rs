@@ -162,9 +162,16 @@ fn arity(name: &str) -> Reply {
     ))
 }
 
-/// Parses a decimal integer as Redis does (no sign '+', no spaces).
+/// Parses a decimal integer as Redis does (its `string2ll`): digits with an
+/// optional '-', no '+', no spaces, no leading zeros, no "-0".
 pub fn int(b: &[u8]) -> Option<i64> {
-    if b.first() == Some(&b'+') || b.is_empty() || b.len() > 20 {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == b.len(),
+        [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical || b.len() > 20 {
         return None;
     }
     std::str::from_utf8(b).ok()?.parse().ok()
@@ -570,6 +577,21 @@ mod tests {
             ))
         );
         assert_eq!(p("INCRBY k +1"), Err(not_integer()));
+        for bad in [
+            "01",
+            "-0",
+            " 1",
+            "1 ",
+            "",
+            "-",
+            "1e3",
+            "99999999999999999999",
+        ] {
+            assert_eq!(int(bad.as_bytes()), None, "{bad:?}");
+        }
+        for (good, n) in [("0", 0), ("-12", -12), ("9223372036854775807", i64::MAX)] {
+            assert_eq!(int(good.as_bytes()), Some(n));
+        }
     }
 
     #[test]

@@ -401,7 +401,7 @@ fn local(front: &Front, s: &mut Session, c: Command) -> Reply {
                 }
             };
             Reply::Map(vec![
-                (Reply::bulk("flags"), Reply::Array(flags)),
+                (Reply::bulk("flags"), Reply::Set(flags)),
                 (Reply::bulk("redirect"), Reply::Int(-1)),
                 (Reply::bulk("prefixes"), Reply::Array(prefixes)),
             ])

@@ -149,6 +149,8 @@ pub enum Reply {
     Bulk(Bytes),
     Null,
     Array(Vec<Reply>),
+    /// A set in RESP3, an array in RESP2.
+    Set(Vec<Reply>),
     /// A map in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Reply, Reply)>),
     /// Out-of-band (RESP3 only).
@@ -172,7 +174,7 @@ impl Reply {
             Reply::Int(i) => Frame2::Integer(i),
             Reply::Bulk(b) => Frame2::BulkString(b),
             Reply::Null => Frame2::Null,
-            Reply::Array(items) | Reply::Push(items) => {
+            Reply::Array(items) | Reply::Push(items) | Reply::Set(items) => {
                 Frame2::Array(items.into_iter().map(Reply::resp2).collect())
             }
             Reply::Map(pairs) => Frame2::Array(
@@ -208,6 +210,10 @@ impl Reply {
             },
             Reply::Null => Frame3::Null,
             Reply::Array(items) => Frame3::Array {
+                data: items.into_iter().map(Reply::resp3).collect(),
+                attributes: None,
+            },
+            Reply::Set(items) => Frame3::Set {
                 data: items.into_iter().map(Reply::resp3).collect(),
                 attributes: None,
             },

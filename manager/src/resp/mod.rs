@@ -110,9 +110,10 @@ impl Front {
         }
         if want("stats") {
             out.push_str(&format!(
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntracking_total_keys:{}\r\n\r\n",
                 k.accepted.load(Ordering::Relaxed),
-                k.commands.load(Ordering::Relaxed)
+                k.commands.load(Ordering::Relaxed),
+                self.tracking.registered()
             ));
         }
         if want("keyspace") {

@@ -135,6 +135,11 @@ impl TrackingHub {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Keys registered for default-mode clients now.
+    pub fn registered(&self) -> usize {
+        self.registered.load(Ordering::Relaxed)
+    }
+
     /// Tracking clients now.
     pub fn clients(&self) -> usize {
         self.tracking.load(Ordering::Relaxed)
