@@ -114,6 +114,8 @@ base="$(pick_ports)" || { echo "compose_faults: no free ports found" >&2; exit 2
 export RINGCACHE_PUBLISH_ADDR=127.0.0.1
 export RINGCACHE_HTTP_PORT="${RINGCACHE_HTTP_PORT:-$base}"
 export RINGCACHE_HTTP_PORT2="${RINGCACHE_HTTP_PORT2:-$((base + 1))}"
+export RINGCACHE_RESP_PORT="${RINGCACHE_RESP_PORT:-$((base + 2))}"
+export RINGCACHE_RESP_PORT2="${RINGCACHE_RESP_PORT2:-$((base + 3))}"
 api1="http://127.0.0.1:$RINGCACHE_HTTP_PORT"
 api2="http://127.0.0.1:$RINGCACHE_HTTP_PORT2"
 
@@ -375,6 +377,20 @@ http "$api2" GET "/?key=greeting"
 check "README: GET /?key=greeting via manager2 -> 200 hello" [ "$code $body" == "200 hello" ]
 http "$api2" DELETE "/?key=greeting"
 check "README: DELETE /?key=greeting via manager2 -> 200" [ "$code" == 200 ]
+# The Redis protocol on both managers' published ports: a write through one
+# read through the other (inline commands over bash's /dev/tcp: no client).
+resp() {
+  local port="$1" reply
+  shift
+  exec 5<>"/dev/tcp/127.0.0.1/$port" || return 1
+  printf '%s\r\n' "$*" >&5
+  IFS= read -r -t 5 reply <&5 || true
+  if [[ "$reply" == \$* ]]; then IFS= read -r -t 5 reply <&5 || true; fi
+  exec 5>&-
+  printf '%s' "${reply%$'\r'}"
+}
+check "RESP: SET via manager1, GET via manager2" \
+  [ "$(resp "$RINGCACHE_RESP_PORT" SET resp:greeting hello) $(resp "$RINGCACHE_RESP_PORT2" GET resp:greeting)" == "+OK hello" ]
 http "$api1" GET "/?key=greeting"
 check "GET via manager1 after DELETE via manager2 -> 404" [ "$code" == 404 ]
 

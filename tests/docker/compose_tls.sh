@@ -54,6 +54,7 @@ for ((t = 0; t < 50; t++)); do
 done
 export RINGCACHE_PUBLISH_ADDR=127.0.0.1
 export RINGCACHE_HTTP_PORT="$base" RINGCACHE_HTTP_PORT2="$((base + 1))"
+export RINGCACHE_RESP_PORT="$((base + 2))" RINGCACHE_RESP_PORT2="$((base + 3))"
 api1="https://localhost:$RINGCACHE_HTTP_PORT"
 api2="https://localhost:$RINGCACHE_HTTP_PORT2"
 
