@@ -89,13 +89,16 @@ fn message(e: &ClusterError) -> String {
 }
 
 /// A cluster error as the RESP front answers it: `-ERR <the same line
-/// HTTP answers>` (`TRYAGAIN` where HTTP says 503, so clients can tell a
-/// moment's unavailability from a refusal), with no line breaks.
+/// HTTP answers>`, with no line breaks. `TRYAGAIN` (which Redis clients
+/// may retry on their own) only where nothing was applied: never for a
+/// write whose outcome is unknown, or that was applied on some replica.
 pub fn resp_error(e: &ClusterError) -> String {
-    let code = if cluster_status(e) == StatusCode::SERVICE_UNAVAILABLE {
-        "TRYAGAIN"
-    } else {
-        "ERR"
+    let code = match e {
+        ClusterError::RingIncomplete(_)
+        | ClusterError::NoPlacement
+        | ClusterError::PrimaryUnavailable { .. }
+        | ClusterError::ConditionsUnsupported { .. } => "TRYAGAIN",
+        _ => "ERR",
     };
     let text: String = message(e)
         .chars()

@@ -250,6 +250,7 @@ async fn run(
             header_read_timeout: opts.header_read_timeout,
             idle_timeout: opts.idle_timeout,
             max_connections: opts.max_connections,
+            max_lag: opts.near_cache_max_lag,
         });
         let addr = l.local_addr().map_err(ServeError::Http)?;
         tracing::info!(%addr, tls = server_tls.is_some(), "manager serving RESP");

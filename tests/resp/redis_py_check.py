@@ -62,6 +62,10 @@ writer.set(f"{RUN}:csc:k", "1")
 assert cached.get(f"{RUN}:csc:k") == b"1"
 assert cached.get(f"{RUN}:csc:k") == b"1"  # from the local cache
 assert cached.get_cache().size >= 1, "nothing cached"
+# Its own write: the next read sees it at once (the invalidation comes with
+# the write's reply, not later from the nodes).
+cached.set(f"{RUN}:csc:k", "own")
+assert cached.get(f"{RUN}:csc:k") == b"own", "read its own write from a stale cache"
 writer.set(f"{RUN}:csc:k", "2")
 deadline("the cached value to be invalidated", lambda: cached.get(f"{RUN}:csc:k") == b"2")
 writer.delete(f"{RUN}:csc:k")

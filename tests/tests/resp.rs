@@ -284,6 +284,21 @@ async fn malformed_and_oversized_frames_get_an_error_and_harm_nothing() {
         );
         assert_eq!(conn.reply().await, None, "closed after a protocol error");
     }
+    // A request larger than one value but within the request bound: 100
+    // values of 1000 bytes in one MSET (it hung, then was cut, when the
+    // read buffer was bounded by one value).
+    let big: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("m{i}"), "v".repeat(1000)))
+        .collect();
+    let mut args = vec!["MSET"];
+    for (k, v) in &big {
+        args.push(k);
+        args.push(v);
+    }
+    assert_eq!(ok.call(&args).await, "+OK\r\n");
+    // An option echoed in an error cannot break the reply stream.
+    let r = ok.call(&["EXPIRE", "kept", "10", "X\r\n:1"]).await;
+    assert_eq!(r, "-ERR Unsupported option X  :1\r\n");
     // A value at the limit is taken; the store and the first connection
     // are unharmed.
     let value = "x".repeat(1024);
@@ -379,27 +394,55 @@ async fn incr_through_two_managers_loses_no_increment() {
         let addr = addrs[t % 2];
         tasks.push(tokio::spawn(async move {
             let mut c = RespConn::connect(addr).await;
-            let mut seen = Vec::new();
+            let (mut acked, mut unknown) = (Vec::new(), 0);
             for _ in 0..EACH {
                 let r = c.call(&["INCR", "counter"]).await;
-                let n: i64 = r
+                match r
                     .strip_prefix(':')
-                    .and_then(|s| s.trim_end().parse().ok())
-                    .unwrap_or_else(|| panic!("INCR answered {r:?}"));
-                seen.push(n);
+                    .and_then(|s| s.trim_end().parse::<i64>().ok())
+                {
+                    Some(n) => acked.push(n),
+                    // On a loaded machine a node call may time out: the
+                    // outcome is then unknown (or, with TRYAGAIN, nothing
+                    // was applied while the primary is repaired).
+                    None if r.contains("may or may not have been applied") => unknown += 1,
+                    None if r.starts_with("-TRYAGAIN") => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    None => panic!("INCR answered {r:?}"),
+                }
             }
-            seen
+            (acked, unknown)
         }));
     }
-    let mut all = Vec::new();
+    let (mut acked, mut unknown) = (Vec::new(), 0);
     for t in tasks {
-        all.extend(t.await.expect("client task"));
+        let (a, u) = t.await.expect("client task");
+        acked.extend(a);
+        unknown += u;
     }
-    all.sort_unstable();
-    let want: Vec<i64> = (1..=(CLIENTS * EACH) as i64).collect();
-    assert_eq!(all, want, "every INCR returned a distinct value, none lost");
+    let total = acked.len();
+    assert!(
+        total >= CLIENTS * EACH / 2,
+        "only {total} INCRs acknowledged"
+    );
+    acked.sort_unstable();
+    acked.dedup();
+    assert_eq!(acked.len(), total, "two INCRs returned the same value");
+    // Every acknowledged increment is in the counter; one of unknown
+    // outcome may be too.
     let mut c = RespConn::connect(addrs[1]).await;
-    assert_eq!(c.call(&["GET", "counter"]).await, "$3\r\n320\r\n");
+    let r = c.call(&["GET", "counter"]).await;
+    let value: usize = r
+        .lines()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("GET counter: {r:?}"));
+    assert!(
+        (total..=total + unknown).contains(&value),
+        "counter {value}, acknowledged {total}, unknown {unknown}"
+    );
+    assert!(acked.last().is_some_and(|&m| m as usize <= value));
 }
 
 /// Reads replies until a push matching `want`, within a deadline.

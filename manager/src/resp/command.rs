@@ -497,6 +497,20 @@ fn set(rest: &[Bytes]) -> Result<Command, Reply> {
                 if t <= 0 {
                     return Err(bad_expire());
                 }
+                let ms_per = if matches!(opt.as_str(), "EX" | "EXAT") {
+                    1000
+                } else {
+                    1
+                };
+                if opt.starts_with('E') || opt.starts_with('P') {
+                    let relative = matches!(opt.as_str(), "EX" | "PX");
+                    if relative
+                        && t.checked_mul(ms_per)
+                            .is_none_or(|ms| ms > super::exec::MAX_TTL_MS)
+                    {
+                        return Err(bad_expire());
+                    }
+                }
                 let t = t as u64;
                 expiry = match opt.as_str() {
                     "EX" => Expiry::In(Duration::from_secs(t)),

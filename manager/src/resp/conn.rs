@@ -28,6 +28,8 @@ use super::Front;
 const MAX_PIPELINE: usize = 1024;
 /// Replies buffered before they are written even though more are coming.
 const WRITE_HIGH_WATER: usize = 64 << 10;
+/// Invalidations held for one connection before they become one flush.
+const HELD_MAX: usize = 1024;
 /// A deadline that does not come (re-armed on every turn of the loop).
 const FAR: Duration = Duration::from_secs(86_400);
 
@@ -68,10 +70,13 @@ where
         tracking: None,
         pushes: None,
     };
-    let limits = FrameLimits {
+    let full = FrameLimits {
         max_bulk: front.max_value_bytes,
         max_args: front.max_args,
+        // The largest value and everything else a request may carry.
+        max_request: front.max_value_bytes.saturating_add(1 << 20),
     };
+    let mut scan = frame::Scan::default();
     let mut rbuf = BytesMut::with_capacity(16 << 10);
     let mut wbuf = BytesMut::with_capacity(16 << 10);
     let mut running: FuturesOrdered<Running> = FuturesOrdered::new();
@@ -85,12 +90,18 @@ where
     let mut partial_since: Option<Instant> = None;
     let mut idle_since = Instant::now();
     loop {
+        let limits = if s.authed {
+            full
+        } else {
+            FrameLimits::UNAUTHENTICATED
+        };
         // Start what may start.
         loop {
             if next.is_none() && !closing {
-                match frame::check(&rbuf, &limits) {
+                match scan.check(&rbuf, &limits) {
                     Ok(true) => {
                         partial_since = None;
+                        scan.reset();
                         match frame::take(&mut rbuf) {
                             Ok(args) if args.is_empty() => continue,
                             Ok(args) => next = Some(command::parse(&args)),
@@ -131,9 +142,9 @@ where
                         break;
                     }
                     started += 1;
-                    if s.tracking.as_ref().is_some_and(|t| !t.bcast) {
+                    if let Some(t) = &s.tracking {
                         let keys = c.read_keys();
-                        if !hub.track(s.id, keys) {
+                        if !keys.is_empty() && !hub.track(s.id, keys, t.bcast) {
                             // Not tracked (table full, or an event stream
                             // lagging): invalidated right after its reply,
                             // so the client does not keep it.
@@ -152,6 +163,18 @@ where
                     }
                     started += 1;
                     write_running = true;
+                    // A tracking client's own write invalidates what it
+                    // cached, in the same write as the reply (as Redis
+                    // does): the nodes' events would come too late for a
+                    // client that reads the key again at once.
+                    if s.tracking.is_some() {
+                        if let Some(push) = written(&c) {
+                            held.push(Held {
+                                after: started,
+                                push,
+                            });
+                        }
+                    }
                     running.push_back(admitted(&front, c));
                 }
                 Ok(c) => {
@@ -160,6 +183,9 @@ where
                         break;
                     }
                     let quit = matches!(c, Command::Quit);
+                    // Everything before it is answered: its pushes go out
+                    // before the command may turn tracking or RESP3 off.
+                    release(&mut held, answered, s.resp3, &mut wbuf);
                     let reply = local(&front, &mut s, c);
                     reply.encode(s.resp3, &mut wbuf);
                     started += 1;
@@ -171,24 +197,39 @@ where
             }
         }
         release(&mut held, answered, s.resp3, &mut wbuf);
+        if held.len() > HELD_MAX {
+            // A client far behind on its invalidations drops everything
+            // instead, once every reply started so far is out.
+            held.clear();
+            held.push(Held {
+                after: started,
+                push: Push::All,
+            });
+        }
         if closing && running.is_empty() && next.is_none() {
-            let _ = io.write_all(&wbuf).await;
-            let _ = io.shutdown().await;
+            let _ = tokio::time::timeout(front.idle_timeout, io.write_all(&wbuf)).await;
+            let _ = tokio::time::timeout(front.idle_timeout, io.shutdown()).await;
             return;
         }
         // Replies go out when nothing else is ready (one write for a whole
-        // pipeline), or once enough are buffered.
+        // pipeline), or once enough are buffered. A client that does not
+        // read them for the idle timeout is dropped.
         if !wbuf.is_empty() && (running.is_empty() || wbuf.len() >= WRITE_HIGH_WATER) {
-            if io.write_all(&wbuf).await.is_err() {
+            let write = tokio::select! {
+                r = tokio::time::timeout(front.idle_timeout, io.write_all(&wbuf)) => r,
+                _ = stopping.cancelled() => return,
+            };
+            if !matches!(write, Ok(Ok(()))) {
                 return;
             }
             wbuf.clear();
         }
-        let can_read = !closing && next.is_none() && rbuf.len() < limits.max_bulk + (64 << 10);
+        let can_read = !closing && next.is_none() && rbuf.len() < limits.max_request;
         // A request begun and not finished in time closes the connection
         // (slowloris), as does one with nothing to do for the idle timeout;
         // one that tracks keys waits for invalidations, not requests.
         let deadline = match partial_since {
+            _ if closing => Instant::now() + FAR,
             Some(t) => t + front.header_read_timeout,
             None if running.is_empty() && s.tracking.is_none() => idle_since + front.idle_timeout,
             None => Instant::now() + FAR,
@@ -201,7 +242,8 @@ where
                 reply.encode(s.resp3, &mut wbuf);
                 answered += 1;
                 // Everything else already done goes into the same write.
-                while let Some(Some(reply)) = running.next().now_or_never() {
+                while wbuf.len() < WRITE_HIGH_WATER {
+                    let Some(Some(reply)) = running.next().now_or_never() else { break };
                     reply.encode(s.resp3, &mut wbuf);
                     answered += 1;
                 }
@@ -229,11 +271,12 @@ where
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                if running.is_empty() {
-                    tracing::debug!(client = s.id, "RESP connection idle or stalled mid-request: closed");
-                    closing = true;
-                    rbuf.clear();
-                }
+                // Idle, or stalled mid-request: the commands already
+                // running are answered, then the connection closes.
+                tracing::debug!(client = s.id, "RESP connection idle or stalled mid-request: closed");
+                closing = true;
+                partial_since = None;
+                rbuf.clear();
             }
             _ = stopping.cancelled(), if !closing => closing = true,
         }
@@ -254,6 +297,21 @@ fn release(held: &mut Vec<Held>, answered: u64, resp3: bool, out: &mut BytesMut)
         }
         false
     });
+}
+
+/// What a tracking client that sent write `c` must drop from its cache.
+fn written(c: &Command) -> Option<Push> {
+    let keys = match c {
+        Command::Set { key, .. }
+        | Command::Expire { key, .. }
+        | Command::Persist(key)
+        | Command::IncrBy(key, _) => vec![key.clone()],
+        Command::Del(keys) => keys.clone(),
+        Command::MSet(pairs) => pairs.iter().map(|(k, _)| k.clone()).collect(),
+        Command::FlushAll => return Some(Push::All),
+        _ => return None,
+    };
+    Some(Push::Keys(keys))
 }
 
 fn allowed_unauthenticated(c: &Command) -> bool {
@@ -280,6 +338,16 @@ fn admitted(front: &Arc<Front>, c: Command) -> Running {
 
 fn auth(front: &Front, user: Option<&[u8]>, password: &[u8]) -> Result<(), Reply> {
     let Some(token) = &front.auth_token else {
+        // Without a token every client is the default user, who has no
+        // password (Redis's `nopass`): naming it with any password works.
+        if user == Some(b"default".as_slice()) {
+            return Ok(());
+        }
+        if user.is_some() {
+            return Err(Reply::err(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ));
+        }
         return Err(Reply::err(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
@@ -374,6 +442,24 @@ fn local(front: &Front, s: &mut Session, c: Command) -> Reply {
                     "ERR ringcache sends invalidations as RESP3 pushes only: switch with HELLO 3 \
                      first (REDIRECT is not supported)",
                 );
+            }
+            if let Some(old) = &s.tracking {
+                if old.bcast != t.bcast {
+                    return Reply::err(
+                        "ERR You can't switch BCAST mode on/off before disabling tracking for this \
+                         client, and then re-enabling it with a different mode.",
+                    );
+                }
+                // Already on: the queue (and what is in it) is kept.
+                let mut t = t;
+                for p in &old.prefixes {
+                    if !t.prefixes.contains(p) {
+                        t.prefixes.push(p.clone());
+                    }
+                }
+                front.tracking.set_prefixes(s.id, &t.prefixes);
+                s.tracking = Some(t);
+                return Reply::Ok;
             }
             match front.tracking.enable(s.id, &t) {
                 Some(rx) => {

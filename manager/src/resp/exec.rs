@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 
 use super::command::{self, Command, ExpireAt, Expiry, Only};
 use super::frame::Reply;
@@ -19,8 +20,29 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::error::resp_error;
 
 /// Read-and-write-back rounds a command makes before it gives up (each
-/// lost to a concurrent writer of the same key).
-const CAS_ATTEMPTS: usize = 32;
+/// lost to a concurrent writer of the same key), with a random pause
+/// before each round after the first, growing up to the cap: contending
+/// writers spread out instead of colliding again in lockstep.
+const CAS_ATTEMPTS: u32 = 64;
+const CAS_PAUSE_MAX: Duration = Duration::from_millis(20);
+
+/// A pause of up to `2^attempt` ms (capped), spread by the clock's
+/// nanoseconds: enough randomness to separate contending writers.
+fn cas_pause(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(1u64 << attempt.min(5)).min(CAS_PAUSE_MAX);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let spread = xxhash_rust::xxh3::xxh3_64(&nanos.to_le_bytes()) % 1024;
+    cap * spread as u32 / 1024
+}
+/// Keys of one multi-key command read or written at once.
+const KEYS_AT_ONCE: usize = 64;
+/// Most value bytes one reply carries (`MGET` of many large values).
+const MAX_REPLY_BYTES: usize = 64 << 20;
+/// Longest TTL accepted (100 years): beyond it Redis's arithmetic
+/// overflows, and the nodes' expiry times would.
+pub const MAX_TTL_MS: i64 = 100 * 365 * 86_400_000;
 
 /// What the RESP connections share.
 pub struct Keys {
@@ -91,23 +113,26 @@ impl Keys {
                 })
             }
             Command::MGet(keys) => {
-                let reads = keys.iter().map(|k| async move {
-                    let key = self.key(k)?;
-                    self.cluster.get(key).await.map_err(cluster_err)
-                });
+                let mut reads = self.reads(&keys);
                 let mut out = Vec::with_capacity(keys.len());
-                for r in join_all(reads).await {
-                    out.push(r?.map_or(Reply::Null, |f| Reply::Bulk(f.value)));
+                let mut bytes = 0;
+                while let Some(r) = reads.next().await {
+                    let found = r?;
+                    bytes += found.as_ref().map_or(0, |f| f.value.len());
+                    if bytes > MAX_REPLY_BYTES {
+                        return Err(Reply::err(format!(
+                            "ERR the values would make a reply over {MAX_REPLY_BYTES} bytes: \
+                             ask for fewer keys at once"
+                        )));
+                    }
+                    out.push(found.map_or(Reply::Null, |f| Reply::Bulk(f.value)));
                 }
                 Ok(Reply::Array(out))
             }
             Command::Exists(keys) => {
-                let reads = keys.iter().map(|k| async move {
-                    let key = self.key(k)?;
-                    self.cluster.get(key).await.map_err(cluster_err)
-                });
+                let mut reads = self.reads(&keys);
                 let mut n = 0;
-                for r in join_all(reads).await {
+                while let Some(r) = reads.next().await {
                     n += i64::from(r?.is_some());
                 }
                 Ok(Reply::Int(n))
@@ -146,17 +171,26 @@ impl Keys {
                     }
                 });
                 let mut n = 0;
-                for r in join_all(deletes).await {
+                let deletes: Vec<_> = deletes.collect();
+                let mut deletes = stream::iter(deletes).buffered(KEYS_AT_ONCE);
+                while let Some(r) = deletes.next().await {
                     n += i64::from(r?);
                 }
                 Ok(Reply::Int(n))
             }
             Command::MSet(pairs) => {
-                let writes = pairs.iter().map(|(k, v)| async move {
+                // A key given twice ends with its last value, as in Redis:
+                // the writes run at once, so only the last one is sent.
+                let mut seen = std::collections::HashSet::new();
+                let last: Vec<&(Bytes, Bytes)> =
+                    pairs.iter().rev().filter(|(k, _)| seen.insert(k)).collect();
+                let writes = last.into_iter().map(|(k, v)| async move {
                     let key = self.key(k)?;
                     self.plain_set(key, v.clone(), None).await
                 });
-                for r in join_all(writes).await {
+                let writes: Vec<_> = writes.collect();
+                let mut writes = stream::iter(writes).buffer_unordered(KEYS_AT_ONCE);
+                while let Some(r) = writes.next().await {
                     r?;
                 }
                 Ok(Reply::Ok)
@@ -219,12 +253,33 @@ impl Keys {
                 for r in join_all(nodes.iter().map(|n| n.client.flush())).await {
                     r.map_err(|e| Reply::err(format!("ERR flush failed: {e}")))?;
                 }
+                // The nodes' flush events reach the near cache later: a read
+                // right after this reply must not find the old values there.
+                if let Some(near) = self.cluster.near_cache() {
+                    near.clear();
+                }
                 Ok(Reply::Ok)
             }
             other => Err(Reply::err(format!(
                 "ERR internal error: {other:?} is not a key command"
             ))),
         }
+    }
+
+    /// The values of `keys`, in order, a few at a time.
+    fn reads<'a>(
+        &'a self,
+        keys: &'a [Bytes],
+    ) -> impl futures::Stream<Item = Result<Option<Found>, Reply>> + Send + 'a {
+        // Collected first: a lazy `map` of async closures inside a boxed
+        // `Send` future trips the compiler's higher-ranked lifetime check.
+        let reads: Vec<_> = keys.iter().map(|k| self.read(k)).collect();
+        stream::iter(reads).buffered(KEYS_AT_ONCE)
+    }
+
+    async fn read(&self, k: &Bytes) -> Result<Option<Found>, Reply> {
+        let key = self.key(k)?;
+        self.cluster.get(key).await.map_err(cluster_err)
     }
 
     /// An unconditional write: `OK` once acknowledged.
@@ -249,7 +304,10 @@ impl Keys {
             Expiry::None | Expiry::Keep => None,
             Expiry::In(d) => Some(d),
             Expiry::At(unix_ms) => {
-                let left = unix_ms as i64 - now_ms();
+                let left = (unix_ms as i64).saturating_sub(now_ms());
+                if left > MAX_TTL_MS {
+                    return Err(Reply::err("ERR invalid expire time in 'set' command"));
+                }
                 if left <= 0 {
                     // Already expired: what Redis leaves is no value.
                     return self.set_expired(key, only, get).await;
@@ -326,6 +384,9 @@ impl Keys {
             ExpireAt::In(ms) => ms,
             ExpireAt::At(unix_ms) => unix_ms.saturating_sub(now_ms()),
         };
+        if left_ms > MAX_TTL_MS {
+            return Err(Reply::err("ERR invalid expire time in 'expire' command"));
+        }
         self.update(key, |cur| {
             let Some((found, ttl)) = cur else {
                 return Ok((Step::Keep, Reply::Int(0)));
@@ -363,8 +424,20 @@ impl Keys {
         key: &str,
         mut decide: impl FnMut(Option<&Entry>) -> Result<(Step, Reply), Reply>,
     ) -> Result<Reply, Reply> {
-        for _ in 0..CAS_ATTEMPTS {
-            let cur = self.cluster.get_with_ttl(key).await.map_err(cluster_err)?;
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(cas_pause(attempt)).await;
+            }
+            let sent = std::time::Instant::now();
+            let mut cur = self.cluster.get_with_ttl(key).await.map_err(cluster_err)?;
+            // The TTL left as of when the read was sent: written back (INCR,
+            // KEEPTTL), it keeps the same deadline rather than one moved
+            // later by each round trip.
+            if let Some((_, Some(ttl))) = &mut cur {
+                *ttl = ttl
+                    .saturating_sub(sent.elapsed())
+                    .max(Duration::from_millis(1));
+            }
             let (step, reply) = decide(cur.as_ref())?;
             let condition = match &cur {
                 Some((f, _)) => Condition::Version(f.version),

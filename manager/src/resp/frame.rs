@@ -17,10 +17,22 @@ use redis_protocol::resp3::types::BytesFrame as Frame3;
 /// Limits of one request.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameLimits {
-    /// Longest bulk string (a value, plus nothing: keys are shorter).
+    /// Longest bulk string (a value; keys are shorter).
     pub max_bulk: usize,
     /// Most arguments of one command (MSET of many keys).
     pub max_args: usize,
+    /// Most bytes of one whole request: also the read buffer's bound.
+    pub max_request: usize,
+}
+
+impl FrameLimits {
+    /// What a connection that has not authenticated yet may send (Redis's
+    /// own limits for unauthenticated clients): enough for AUTH and HELLO.
+    pub const UNAUTHENTICATED: FrameLimits = FrameLimits {
+        max_bulk: 16 << 10,
+        max_args: 10,
+        max_request: 64 << 10,
+    };
 }
 
 /// Longest inline command line (`PING\r\n` typed in a telnet session).
@@ -60,51 +72,93 @@ fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, Pro
     Ok(Some((n, at + end + 2)))
 }
 
-/// Checks the request at the start of `buf` against `limits`: `Ok(true)`
-/// when it is complete, `Ok(false)` when more bytes are needed.
-pub fn check(buf: &[u8], limits: &FrameLimits) -> Result<bool, ProtocolError> {
-    match buf.first() {
-        None => Ok(false),
-        Some(b'*') => {
-            let Some((n, mut at)) = header(buf, 0, "multibulk")? else {
-                return Ok(false);
-            };
-            if n < 0 || n as usize > limits.max_args {
-                return Err(bad("invalid multibulk length"));
+/// The walk of the request at the start of the read buffer, resumed where
+/// it stopped when more bytes arrive: a request sent a byte at a time costs
+/// its length once, not its length squared.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Arguments announced by the array header, once read.
+    args: Option<usize>,
+    /// Arguments whose bytes are all buffered.
+    seen: usize,
+    /// Offset the walk has reached.
+    at: usize,
+}
+
+impl Scan {
+    /// Checks the request at the start of `buf` against `limits`:
+    /// `Ok(true)` when it is complete (then [`take`] it and [`Scan::reset`]),
+    /// `Ok(false)` when more bytes are needed.
+    pub fn check(&mut self, buf: &[u8], limits: &FrameLimits) -> Result<bool, ProtocolError> {
+        match buf.first() {
+            None => Ok(false),
+            Some(b'*') => {
+                let n = match self.args {
+                    Some(n) => n,
+                    None => {
+                        let Some((n, at)) = header(buf, 0, "multibulk")? else {
+                            return Ok(false);
+                        };
+                        if n < 0 || n as usize > limits.max_args {
+                            return Err(bad("invalid multibulk length"));
+                        }
+                        self.args = Some(n as usize);
+                        self.at = at;
+                        n as usize
+                    }
+                };
+                while self.seen < n {
+                    match buf.get(self.at) {
+                        None => return Ok(false),
+                        Some(b'$') => {}
+                        Some(&b) => {
+                            return Err(bad(format!("expected '$', got '{}'", b as char)));
+                        }
+                    }
+                    let Some((len, next)) = header(buf, self.at, "bulk")? else {
+                        return Ok(false);
+                    };
+                    if len < 0 || len as usize > limits.max_bulk {
+                        return Err(bad("invalid bulk length"));
+                    }
+                    let end = next + len as usize + 2;
+                    if end > limits.max_request {
+                        return Err(bad("request too large"));
+                    }
+                    if buf.len() < end {
+                        return Ok(false);
+                    }
+                    if &buf[end - 2..end] != b"\r\n" {
+                        return Err(bad("bulk string not terminated by CRLF"));
+                    }
+                    self.at = end;
+                    self.seen += 1;
+                }
+                Ok(true)
             }
-            for _ in 0..n {
-                match buf.get(at) {
-                    None => return Ok(false),
-                    Some(b'$') => {}
-                    Some(&b) => {
-                        return Err(bad(format!("expected '$', got '{}'", b as char)));
+            Some(_) => {
+                let from = self.at.min(buf.len());
+                match buf[from..].iter().position(|&b| b == b'\n') {
+                    Some(_) => Ok(true),
+                    None if buf.len() > MAX_INLINE.min(limits.max_request) => {
+                        Err(bad("too big inline request"))
+                    }
+                    None => {
+                        self.at = buf.len();
+                        Ok(false)
                     }
                 }
-                let Some((len, next)) = header(buf, at, "bulk")? else {
-                    return Ok(false);
-                };
-                if len < 0 || len as usize > limits.max_bulk {
-                    return Err(bad("invalid bulk length"));
-                }
-                at = next + len as usize + 2;
-                if buf.len() < at {
-                    return Ok(false);
-                }
-                if &buf[at - 2..at] != b"\r\n" {
-                    return Err(bad("bulk string not terminated by CRLF"));
-                }
             }
-            Ok(true)
         }
-        Some(_) => match buf.iter().position(|&b| b == b'\n') {
-            Some(_) => Ok(true),
-            None if buf.len() > MAX_INLINE => Err(bad("too big inline request")),
-            None => Ok(false),
-        },
+    }
+
+    /// Starts over for the next request.
+    pub fn reset(&mut self) {
+        *self = Scan::default();
     }
 }
 
-/// Takes one complete request (checked by [`check`]) off the front of
+/// Takes one complete request (checked by [`Scan::check`]) off the front of
 /// `buf`: its arguments, empty for a blank inline line.
 pub fn take(buf: &mut BytesMut) -> Result<Vec<Bytes>, ProtocolError> {
     if buf.first() != Some(&b'*') {
@@ -158,8 +212,15 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// An error reply; line breaks in it (an option echoed back, say)
+    /// become spaces, or they would end the reply early and shift every
+    /// reply after it.
     pub fn err(text: impl Into<String>) -> Reply {
-        Reply::Error(text.into())
+        let mut text = text.into();
+        if text.contains(['\r', '\n']) {
+            text = text.replace(['\r', '\n'], " ");
+        }
+        Reply::Error(text)
     }
 
     pub fn bulk(text: impl Into<Bytes>) -> Reply {
@@ -255,7 +316,12 @@ mod tests {
     const LIMITS: FrameLimits = FrameLimits {
         max_bulk: 16,
         max_args: 4,
+        max_request: 64,
     };
+
+    fn check(buf: &[u8], limits: &FrameLimits) -> Result<bool, ProtocolError> {
+        Scan::default().check(buf, limits)
+    }
 
     fn encoded(r: Reply, resp3: bool) -> String {
         let mut out = BytesMut::new();
@@ -286,6 +352,25 @@ mod tests {
         assert!(check(b"*1\r\n$-1\r\n", &LIMITS).is_err());
         assert!(check(b"*1\r\n$x\r\n", &LIMITS).is_err());
         assert!(check(b"*1\r\n$1\r\nab\r\n", &LIMITS).is_err(), "no CRLF");
+        // Four bulk strings within the bulk limit, over the request's.
+        let over = b"*4\r\n$16\r\naaaaaaaaaaaaaaaa\r\n$16\r\naaaaaaaaaaaaaaaa\r\n$16\r\n";
+        assert!(
+            check(over, &LIMITS).is_err(),
+            "the whole request is bounded"
+        );
+    }
+
+    #[test]
+    fn a_scan_resumes_where_it_stopped() {
+        let full = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let mut scan = Scan::default();
+        for end in 1..full.len() {
+            assert_eq!(scan.check(&full[..end], &LIMITS), Ok(false), "at {end}");
+        }
+        assert_eq!(scan.check(full, &LIMITS), Ok(true));
+        scan.reset();
+        assert_eq!(scan.check(b"PING", &LIMITS), Ok(false));
+        assert_eq!(scan.check(b"PING\r\n", &LIMITS), Ok(true));
     }
 
     #[test]
@@ -302,6 +387,7 @@ mod tests {
     fn inline_commands_split_on_spaces() {
         let mut buf = BytesMut::from(&b"SET  k v\r\nPING\n"[..]);
         assert_eq!(check(&buf, &LIMITS), Ok(true));
+        assert_eq!(Reply::err("ERR a\r\n:1"), Reply::Error("ERR a  :1".into()));
         let args = take(&mut buf).unwrap();
         assert_eq!(
             args,

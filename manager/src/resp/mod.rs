@@ -82,6 +82,8 @@ pub struct Front {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// `--near-cache-max-lag`: the tracking clients' staleness bound.
+    pub max_lag: Duration,
 }
 
 impl Front {
@@ -147,6 +149,21 @@ pub async fn serve(
     stopping: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(front.max_connections));
+    {
+        // The tracking clients' staleness bound, checked 4 times per bound.
+        let hub = front.tracking.clone();
+        let every = (front.max_lag / 4).max(Duration::from_millis(10));
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => hub.check_lag(),
+                    _ = stopping.cancelled() => return,
+                }
+            }
+        });
+    }
     loop {
         // At the connection cap, further clients wait in the backlog.
         let permit = tokio::select! {

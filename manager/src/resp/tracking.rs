@@ -101,6 +101,10 @@ pub struct TrackingHub {
     clients: RwLock<HashMap<u64, Client>>,
     /// Clients with tracking on: zero makes every event a no-op.
     tracking: AtomicUsize,
+    /// Of them, BCAST clients (zero: no prefix is matched per event).
+    bcast: AtomicUsize,
+    /// Shard the next eviction starts from.
+    evict_from: AtomicUsize,
     /// Default-mode registrations: key to the clients that may cache it.
     shards: Box<[Mutex<Registrations>]>,
     registered: AtomicUsize,
@@ -109,6 +113,10 @@ pub struct TrackingHub {
     max_lag: Duration,
     /// One more than the highest node index an event came from.
     nodes: AtomicUsize,
+    /// Nodes whose stream was within the bound at the last [`check_lag`].
+    ///
+    /// [`check_lag`]: TrackingHub::check_lag
+    fresh_nodes: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl TrackingHub {
@@ -121,12 +129,40 @@ impl TrackingHub {
             next_id: AtomicU64::new(1),
             clients: RwLock::new(HashMap::new()),
             tracking: AtomicUsize::new(0),
+            bcast: AtomicUsize::new(0),
+            evict_from: AtomicUsize::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             registered: AtomicUsize::new(0),
             max_keys,
             lags: StreamLags::new(nodes),
             max_lag,
             nodes: AtomicUsize::new(0),
+            fresh_nodes: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Called every fraction of the bound: a node's stream that was within
+    /// it and no longer is (slow, not broken: a broken one resets) may be
+    /// holding back invalidations of values clients cache, so every client
+    /// drops everything. Reads are not tracked again until it catches up.
+    pub fn check_lag(&self) {
+        let mut was = lock(&self.fresh_nodes);
+        let mut fell_behind = false;
+        for n in 0..self.nodes.load(Ordering::SeqCst) {
+            let live = self.lags.node(n).is_some_and(|l| l.applied() != NO_STREAM);
+            let fresh = live && self.lags.fresh(n, self.max_lag);
+            if fresh {
+                was.insert(n);
+            } else if was.remove(&n) && live {
+                fell_behind = true;
+            }
+        }
+        drop(was);
+        if fell_behind && self.tracking.load(Ordering::SeqCst) > 0 {
+            tracing::info!(
+                "a node's event stream fell behind --near-cache-max-lag: tracking clients flushed"
+            );
+            self.flush_all();
         }
     }
 
@@ -170,16 +206,28 @@ impl TrackingHub {
             overflow: overflow.clone(),
             bcast: opts.bcast.then(|| opts.prefixes.clone()),
         };
-        if self.write().insert(id, client).is_none() {
-            self.tracking.fetch_add(1, Ordering::SeqCst);
+        if opts.bcast {
+            self.bcast.fetch_add(1, Ordering::SeqCst);
+        }
+        match self.write().insert(id, client) {
+            None => {
+                self.tracking.fetch_add(1, Ordering::SeqCst);
+            }
+            Some(old) if old.bcast.is_some() => {
+                self.bcast.fetch_sub(1, Ordering::SeqCst);
+            }
+            Some(_) => {}
         }
         Some(Pushes { rx, overflow })
     }
 
     /// Turns tracking off for `id` (its registrations go as they are used).
     pub fn disable(&self, id: u64) {
-        if self.write().remove(&id).is_some() {
+        if let Some(old) = self.write().remove(&id) {
             self.tracking.fetch_sub(1, Ordering::SeqCst);
+            if old.bcast.is_some() {
+                self.bcast.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -192,19 +240,32 @@ impl TrackingHub {
         })
     }
 
-    /// Registers `keys` for client `id` before they are read. False when
-    /// they are not registered (too many keys, or a stream may lag): the
-    /// caller invalidates them right after the reply.
-    pub fn track(&self, id: u64, keys: &[Bytes]) -> bool {
+    /// Registers `keys` for client `id` before they are read (a BCAST
+    /// client needs no registration). False when the client must not keep
+    /// them (a stream may lag beyond the bound, or more keys than the table
+    /// holds): the caller invalidates them right after the reply.
+    pub fn track(&self, id: u64, keys: &[Bytes], bcast: bool) -> bool {
         if !self.fresh() {
             return false;
         }
-        if self.registered.load(Ordering::Relaxed) + keys.len() > self.max_keys {
+        if bcast {
+            return true;
+        }
+        if keys.len() > self.max_keys {
             return false;
+        }
+        // Full: the oldest-placed registrations make room, their clients
+        // told to drop those keys (Redis does the same).
+        while self.registered.load(Ordering::Relaxed) + keys.len() > self.max_keys {
+            if !self.evict_one() {
+                break;
+            }
         }
         for key in keys {
             let mut shard = lock(self.shard(key));
-            let ids = shard.entry(key.clone()).or_insert_with(|| {
+            // A copy: the argument is a view into the connection's read
+            // buffer, which it would keep alive.
+            let ids = shard.entry(Bytes::copy_from_slice(key)).or_insert_with(|| {
                 self.registered.fetch_add(1, Ordering::Relaxed);
                 Vec::new()
             });
@@ -213,6 +274,39 @@ impl TrackingHub {
             }
         }
         true
+    }
+
+    /// Drops one registration and tells its clients; false if none is left.
+    fn evict_one(&self) -> bool {
+        let start = self.evict_from.fetch_add(1, Ordering::Relaxed);
+        for i in 0..SHARDS {
+            let shard = &self.shards[(start + i) % SHARDS];
+            let taken = {
+                let mut s = lock(shard);
+                let key = s.keys().next().cloned();
+                key.and_then(|k| s.remove(&k).map(|ids| (k, ids)))
+            };
+            if let Some((key, ids)) = taken {
+                self.registered.fetch_sub(1, Ordering::Relaxed);
+                let clients = self.read();
+                for id in ids {
+                    if let Some(c) = clients.get(&id) {
+                        c.send(Push::Keys(vec![key.clone()]));
+                    }
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Replaces a BCAST client's prefixes (`CLIENT TRACKING ON` again).
+    pub fn set_prefixes(&self, id: u64, prefixes: &[Bytes]) {
+        if let Some(c) = self.write().get_mut(&id) {
+            if c.bcast.is_some() {
+                c.bcast = Some(prefixes.to_vec());
+            }
+        }
     }
 
     fn invalidate(&self, key: &str) {
@@ -228,6 +322,9 @@ impl TrackingHub {
                     c.send(Push::Keys(vec![key.clone()]));
                 }
             }
+        }
+        if self.bcast.load(Ordering::Relaxed) == 0 {
+            return;
         }
         for c in clients.values() {
             if let Some(prefixes) = &c.bcast {
@@ -317,7 +414,7 @@ mod tests {
         let hub = fresh_hub();
         let mut a = hub.enable(1, &on()).unwrap();
         let mut b = hub.enable(2, &on()).unwrap();
-        assert!(hub.track(1, &[Bytes::from("k")]));
+        assert!(hub.track(1, &[Bytes::from("k")], false));
         hub.on_event(0, &invalidation(2, "k"));
         hub.on_event(0, &invalidation(3, "k"));
         assert_eq!(a.recv().await, Some(Push::Keys(vec!["k".into()])));
@@ -351,13 +448,36 @@ mod tests {
         assert_eq!(c.recv().await, Some(Push::All));
         // A new stream is not known to be fresh before a probe: not tracked.
         hub.on_event(0, &invalidation(5, "-"));
-        assert!(!hub.track(1, &[Bytes::from("k")]));
+        assert!(!hub.track(1, &[Bytes::from("k")], false));
         hub.probed(0, 5, Instant::now());
         for i in 0..(QUEUE + 10) {
-            assert!(hub.track(1, &[Bytes::from(format!("k{i}"))]) || i >= 99);
+            assert!(hub.track(1, &[Bytes::from(format!("k{i}"))], false) || i >= 99);
             hub.on_event(0, &invalidation(6 + i as u64, &format!("k{i}")));
         }
         assert_eq!(c.recv().await, Some(Push::All), "the overflow is a flush");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_falling_behind_flushes_the_clients_once() {
+        let hub = TrackingHub::new(true, 100, Duration::from_millis(250), 4);
+        let mut c = hub.enable(1, &on()).unwrap();
+        hub.on_event(0, &invalidation(1, "-"));
+        hub.probed(0, 1, Instant::now());
+        hub.check_lag();
+        assert!(c.rx.try_recv().is_err(), "fresh: nothing to say");
+        // Probes answered at seq 2, but event 2 never arrives.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        hub.probed(0, 2, Instant::now());
+        hub.check_lag();
+        assert!(
+            c.rx.try_recv().is_err(),
+            "still within 250 ms of the last fresh point"
+        );
+        tokio::time::advance(Duration::from_millis(200)).await;
+        hub.check_lag();
+        assert_eq!(c.recv().await, Some(Push::All));
+        hub.check_lag();
+        assert!(c.rx.try_recv().is_err(), "once per episode");
     }
 
     #[tokio::test(start_paused = true)]
@@ -365,10 +485,16 @@ mod tests {
         let hub = TrackingHub::new(true, 100, Duration::from_millis(250), 4);
         let _c = hub.enable(1, &on()).unwrap();
         hub.on_event(0, &invalidation(1, "-"));
-        assert!(!hub.track(1, &[Bytes::from("k")]), "no probe answered yet");
+        assert!(
+            !hub.track(1, &[Bytes::from("k")], false),
+            "no probe answered yet"
+        );
         hub.probed(0, 1, Instant::now());
-        assert!(hub.track(1, &[Bytes::from("k")]));
+        assert!(hub.track(1, &[Bytes::from("k")], false));
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(!hub.track(1, &[Bytes::from("k")]), "no probe for 300 ms");
+        assert!(
+            !hub.track(1, &[Bytes::from("k")], false),
+            "no probe for 300 ms"
+        );
     }
 }
