@@ -82,11 +82,16 @@ impl RespConn {
             .expect("a reply within the deadline")
     }
 
+    /// Bytes received after the replies returned so far.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Sends `args` and returns the reply.
     pub async fn call(&mut self, args: &[&str]) -> String {
         self.send(args).await;
         self.reply()
             .await
-            .unwrap_or_else(|| panic!("connection closed instead of answering {args:?}"))
+            .unwrap_or_else(|| panic!("connection closed instead of answering {:?}", args.first()))
     }
 }

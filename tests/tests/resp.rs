@@ -284,10 +284,10 @@ async fn malformed_and_oversized_frames_get_an_error_and_harm_nothing() {
         );
         assert_eq!(conn.reply().await, None, "closed after a protocol error");
     }
-    // A request larger than one value but within the request bound: 100
+    // A request larger than one value but within the request bound: 300
     // values of 1000 bytes in one MSET (it hung, then was cut, when the
     // read buffer was bounded by one value).
-    let big: Vec<(String, String)> = (0..100)
+    let big: Vec<(String, String)> = (0..300)
         .map(|i| (format!("m{i}"), "v".repeat(1000)))
         .collect();
     let mut args = vec!["MSET"];
@@ -505,6 +505,20 @@ async fn tracking_pushes_invalidations_and_a_flush_when_a_node_fails() {
     assert!(info.contains("tracking_total_keys:0\r\n"), "{info}");
     assert_eq!(reader.call(&["GET", "t:k"]).await, "$1\r\n2\r\n");
     assert_eq!(writer.call(&["DEL", "t:k"]).await, ":1\r\n");
+    await_push(&mut reader, k).await;
+    // Its own write: the invalidation travels with the reply (one write),
+    // not milliseconds later from the nodes, so a client reading the key
+    // again at once cannot serve its old copy.
+    assert_eq!(reader.call(&["SET", "t:k", "own"]).await, "+OK\r\n");
+    // (The reply and the push are one write; a read may still end inside
+    // the push, but never before it starts.)
+    let pending = reader.pending();
+    assert!(
+        !pending.is_empty()
+            && (pending.starts_with(k.as_bytes()) || k.as_bytes().starts_with(pending)),
+        "no invalidation with the reply: {:?}",
+        String::from_utf8_lossy(reader.pending())
+    );
     await_push(&mut reader, k).await;
     // BCAST: keys never read, under the prefix only.
     assert_eq!(writer.call(&["SET", "other", "x"]).await, "+OK\r\n");
