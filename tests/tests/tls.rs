@@ -542,3 +542,66 @@ async fn managers_authenticate_to_an_etcd_with_auth_enabled() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// redis-cli against the manager's RESP port with `--tls-cert`: TLS too.
+fn redis_cli_tls(ca: &Path, port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &s(ca), "--sni", "localhost"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian's redis-tools package) must be installed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resp_front_is_tls_when_the_manager_serves_https() {
+    let pki = Pki::new("resp");
+    let nodes: Vec<Proc> = (1..=3)
+        .map(|i| Proc::datanode(&format!("node{i}"), &[]))
+        .collect();
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    let (cert, key) = pki.issue("manager-https", "manager https");
+    let args = [
+        "--tls-cert",
+        &s(&cert),
+        "--tls-key",
+        &s(&key),
+        "--resp-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let manager = Proc::manager("manager", &refs, &args);
+    let port = manager.resp_addr().port();
+    let ca = pki.ca();
+    wait_until("a SET over RESP with TLS", || {
+        let ca = ca.clone();
+        async move { (redis_cli_tls(&ca, port, &["SET", "k", "over tls"]) == "OK").then_some(()) }
+    })
+    .await;
+    // Reads wait for the nodes' first repair (writes do not).
+    wait_until("a GET over RESP with TLS", || {
+        let ca = ca.clone();
+        async move { (redis_cli_tls(&ca, port, &["GET", "k"]) == "over tls").then_some(()) }
+    })
+    .await;
+    // Plain RESP to the TLS port gets no reply.
+    let plain = Command::new("timeout")
+        .args([
+            "5",
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "GET",
+            "k",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("over tls"),
+        "plain RESP read the value from a TLS port"
+    );
+}
