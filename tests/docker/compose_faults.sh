@@ -106,7 +106,7 @@ pick_ports() {
   local tries base
   for ((tries = 0; tries < 50; tries++)); do
     base=$((20000 + (($$ + tries * 7919) % 9000) * 4))
-    if port_free "$base" && port_free "$((base + 1))"; then echo "$base"; return 0; fi
+    if port_free "$base" && port_free "$((base + 1))" && port_free "$((base + 2))" && port_free "$((base + 3))"; then echo "$base"; return 0; fi
   done
   return 1
 }

@@ -50,7 +50,7 @@ dc() { "${compose[@]}" -p "$project" -f docker-compose.yml -f docker-compose.tls
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for ((t = 0; t < 50; t++)); do
   base=$((30000 + (($$ + t * 7919) % 8000) * 4))
-  if port_free "$base" && port_free "$((base + 1))"; then break; fi
+  if port_free "$base" && port_free "$((base + 1))" && port_free "$((base + 2))" && port_free "$((base + 3))"; then break; fi
 done
 export RINGCACHE_PUBLISH_ADDR=127.0.0.1
 export RINGCACHE_HTTP_PORT="$base" RINGCACHE_HTTP_PORT2="$((base + 1))"
