@@ -376,8 +376,8 @@ async fn a_token_is_required_when_the_manager_has_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn incr_through_two_managers_loses_no_increment() {
-    let nodes: Vec<Proc> = (1..=3)
+async fn incr_through_two_managers_loses_no_increment_across_node_crashes() {
+    let mut nodes: Vec<Proc> = (1..=3)
         .map(|i| Proc::datanode(&format!("node{i}"), NODE_ARGS))
         .collect();
     let refs: Vec<&Proc> = nodes.iter().collect();
@@ -388,7 +388,7 @@ async fn incr_through_two_managers_loses_no_increment() {
         Api::new(m).await_all_up().await;
     }
     const CLIENTS: usize = 8;
-    const EACH: usize = 40;
+    const EACH: usize = 60;
     let mut tasks = Vec::new();
     for t in 0..CLIENTS {
         let addr = addrs[t % 2];
@@ -415,6 +415,30 @@ async fn incr_through_two_managers_loses_no_increment() {
             (acked, unknown)
         }));
     }
+    // Overlapping faults: while the clients race, data nodes crash (SIGKILL)
+    // and come back one after the other, each repaired before it is read.
+    let mut probe = RespConn::connect(addrs[0]).await;
+    for (node, at) in [(0, 60), (1, 160)] {
+        let start = Instant::now();
+        loop {
+            let r = probe.call(&["GET", "counter"]).await;
+            let n: i64 = r.lines().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            if n >= at || tasks.iter().all(|t| t.is_finished()) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "counter stuck at {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let finished = tasks.iter().filter(|t| t.is_finished()).count();
+        eprintln!(
+            "restarting node{} ({finished} of {CLIENTS} clients done)",
+            node + 1
+        );
+        nodes[node].restart("data node serving gRPC");
+    }
     let (mut acked, mut unknown) = (Vec::new(), 0);
     for t in tasks {
         let (a, u) = t.await.expect("client task");
@@ -422,8 +446,9 @@ async fn incr_through_two_managers_loses_no_increment() {
         unknown += u;
     }
     let total = acked.len();
+    eprintln!("INCR: {total} acknowledged, {unknown} of unknown outcome");
     assert!(
-        total >= CLIENTS * EACH / 2,
+        total >= CLIENTS * EACH / 4,
         "only {total} INCRs acknowledged"
     );
     acked.sort_unstable();
