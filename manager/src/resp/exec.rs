@@ -67,6 +67,16 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether a SET with `NX`/`XX` (`only`) writes, given whether the key
+/// holds a value.
+fn set_applies(only: Only, present: bool) -> bool {
+    match only {
+        Only::IfAbsent => !present,
+        Only::IfPresent => present,
+        _ => true,
+    }
+}
+
 /// What a read-modify-write does with what it read.
 enum Step {
     Write(Bytes, Option<Duration>),
@@ -336,11 +346,7 @@ impl Keys {
                 (true, None) => Reply::Null,
                 (false, _) => Reply::Ok,
             };
-            let applies = match only {
-                Only::IfAbsent => cur.is_none(),
-                Only::IfPresent => cur.is_some(),
-                _ => true,
-            };
+            let applies = set_applies(only, cur.is_some());
             if !applies {
                 return Ok((Step::Keep, if get { old } else { Reply::Null }));
             }
@@ -356,11 +362,7 @@ impl Keys {
     /// A SET whose expiry is already past: the key ends without a value.
     async fn set_expired(&self, key: &str, only: Only, get: bool) -> Result<Reply, Reply> {
         self.update(key, |cur| {
-            let applies = match only {
-                Only::IfAbsent => cur.is_none(),
-                Only::IfPresent => cur.is_some(),
-                _ => true,
-            };
+            let applies = set_applies(only, cur.is_some());
             let reply = match (get, cur) {
                 (true, Some((f, _))) => Reply::Bulk(f.value.clone()),
                 (true, None) => Reply::Null,
